@@ -1,0 +1,1 @@
+"""Pure functions over a sweep's tables (pandas, numpy, scipy, plotly; never Ray or torch)."""

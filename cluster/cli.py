@@ -1,0 +1,66 @@
+"""The ``scalinglab`` command line. It sits on top of every layer; nothing imports it.
+
+Exit status: 0 success; 1 a sweep ran but some trials failed or diverged; 2 a user error
+(bad spec, path or table), printed as one line without a traceback; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from experiments.errors import UserError
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from cluster.sweep import prepare, run_sweep, summary_table
+    from experiments.planner import describe
+
+    if args.dry_run:
+        spec, trials, uri = prepare(args.spec, args.storage)
+        print(describe(trials))
+        print(f"results would go to {uri}")
+        return 0
+    outcome = run_sweep(
+        args.spec, storage=args.storage, address=args.address, resume=args.resume,
+        retry_failed=args.retry_failed, verbose=args.verbose, max_concurrent=args.max_concurrent,
+    )
+    print(summary_table(outcome.trials))
+    counts = outcome.trials["status"].value_counts().to_dict()
+    print(f"{len(outcome.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; wall time {outcome.wall_s:.0f} s; tables in {outcome.storage}")
+    return 0 if outcome.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scalinglab", description="Scaling-law sweeps on Ray + DeepSpeed, fits and reports."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sweep = sub.add_parser("sweep", help="run a sweep spec (embedded local Ray, or --address)")
+    sweep.add_argument("spec", help="sweep spec YAML, e.g. experiments/sweeps/quickstart.yaml")
+    sweep.add_argument("--address", help="existing Ray cluster: ray://HOST:10001, HOST:6379 or auto")
+    sweep.add_argument("--storage", help="results folder or URI (default: results/<sweep name>)")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    sweep.add_argument("--retry-failed", action="store_true", help="with --resume: run failed trials again")
+    sweep.add_argument("--dry-run", action="store_true", help="print the plan (N, D, C, resources) and exit")
+    sweep.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
+    sweep.add_argument("--verbose", action="store_true", help="show Ray's and DeepSpeed's own logs")
+    sweep.set_defaults(func=_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"scalinglab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scalinglab: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Run a sweep: plan it, launch one Ray Tune trial per planned point, keep the tables.
+
+``run_sweep`` is what ``scalinglab sweep`` calls. A new sweep refuses a folder that already
+holds one (use ``resume=True``); a resumed sweep restores Tune's experiment, keeps every
+row already on disk, and replays (does not re-run) trials the table records as completed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cluster.results import ResultsStore, load_plan_ids, planned_row, save_plan, storage_uri
+from cluster.trial import TRIAL_KEY, resources_for, run_trial
+from experiments.data import markov_entropy_rate
+from experiments.errors import UserError
+from experiments.planner import TrialConfig, plan
+from experiments.spec import SweepSpec, load_spec, resolve_data_paths
+
+TUNE_DIR = "tune"
+TRAIN_DIR = "train"
+
+
+@dataclass
+class SweepOutcome:
+    storage: str
+    trials: pd.DataFrame
+    evals: pd.DataFrame
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return bool((self.trials["status"] == "completed").all())
+
+
+def prepare(spec_path: str, storage: str | None) -> tuple[SweepSpec, list[TrialConfig], str]:
+    """Load, validate and plan; raises UserError before anything is launched."""
+    spec, located = load_spec(spec_path)
+    spec = resolve_data_paths(spec, spec_path)
+    trials = plan(spec, located)
+    uri = storage_uri(storage or spec.storage or str(Path("results") / spec.name))
+    return spec, trials, uri
+
+
+def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None = None,
+              resume: bool = False, retry_failed: bool = False, verbose: bool = False,
+              max_concurrent: int | None = None, progress_interval_s: float = 10.0) -> SweepOutcome:
+    from cluster.monitor import ACTIVE, ProgressPrinter, TableRecorder
+    from cluster.runtime import start_ray
+
+    started = time.monotonic()
+    spec, trials, uri = prepare(spec_path, storage)
+    store = ResultsStore(uri)
+    rows, evals = _initial_tables(store, spec, trials, resume, Path(spec_path).read_text())
+    resources = start_ray(address, verbose=verbose)
+    _say(f"sweep {spec.name}: {len(trials)} trials on Ray ({resources.get('CPU', 0):g} CPUs, "
+         f"{resources.get('GPU', 0):g} GPUs) -> {uri}")
+    completed = {tid: _final_metrics(r) for tid, r in rows.items() if r["status"] == "completed"}
+    recorder = TableRecorder(store, rows, evals)
+    printer = ProgressPrinter(rows, interval_s=progress_interval_s)
+    tuner = _tuner(spec, trials, uri, resume, retry_failed, verbose, completed, max_concurrent)
+    ACTIVE[:] = [recorder, printer]
+    try:
+        tuner.fit()
+    finally:
+        recorder.on_experiment_end(trials=[])
+        ACTIVE.clear()
+    frame = store.read_table("trials.parquet")
+    return SweepOutcome(uri, frame, store.read_table("evals.parquet"), time.monotonic() - started)
+
+
+def _initial_tables(store: ResultsStore, spec: SweepSpec, trials: list[TrialConfig],
+                    resume: bool, spec_text: str) -> tuple[dict[str, dict], list[dict]]:
+    entropy = markov_entropy_rate(spec.data.synthetic) if spec.data.source == "synthetic" else None
+    rows = {t.trial_id: planned_row(t, entropy) for t in trials}
+    existing = store.exists("plan.json")
+    if existing and not resume:
+        raise UserError(
+            f"storage: {store.uri} already holds a sweep; continue it with --resume, or "
+            "give another --storage (or delete the folder) to start over"
+        )
+    if not existing:
+        if resume:
+            raise UserError(f"--resume: no sweep to resume in {store.uri} (no plan.json)")
+        store.makedirs()
+        save_plan(store, trials, spec_text)
+        return rows, []
+    if load_plan_ids(store) != [t.trial_id for t in trials]:
+        raise UserError(
+            f"--resume: the spec's plan differs from the one in {store.uri}; resume with the "
+            "spec the sweep started with, or start a new sweep in another --storage"
+        )
+    evals: list[dict] = []
+    if store.exists("trials.parquet"):
+        for row in store.read_table("trials.parquet").to_dict("records"):
+            if row["trial_id"] in rows and row["status"] in ("completed", "diverged"):
+                rows[row["trial_id"]] = row
+    if store.exists("evals.parquet"):
+        evals = store.read_table("evals.parquet").to_dict("records")
+    return rows, evals
+
+
+def _final_metrics(row: dict) -> dict:
+    """A completed trial's final result, replayed to Tune on resume instead of re-running."""
+    return {"done": True, "status": row["status"], "error": row["error"], "step": int(row["steps"]),
+            "tokens": int(row["tokens"]), "flops": float(row["flops"]), "loss": float(row["final_loss"]),
+            "elapsed_s": float(row["wall_s"])}
+
+
+def _tuner(spec, trials, uri, resume, retry_failed, verbose, completed, max_concurrent):
+    from cluster.monitor import Dispatch
+
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, train_storage=f"{uri.rstrip('/')}/{TRAIN_DIR}",
+                             verbose=verbose, completed=completed),
+        resources_for,
+    )
+    tune_path = f"{uri.rstrip('/')}/{TUNE_DIR}"
+    if resume and tune.Tuner.can_restore(tune_path):
+        return tune.Tuner.restore(
+            tune_path, trainable=trainable, resume_unfinished=True,
+            resume_errored=retry_failed, restart_errored=False,
+        )
+    ids = {t.to_json(): t.trial_id for t in trials}
+    limit = max_concurrent or spec.resources.max_concurrent or None
+    return tune.Tuner(
+        trainable,
+        param_space={TRIAL_KEY: tune.grid_search([t.to_json() for t in trials])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=limit,
+            trial_name_creator=lambda trial: ids[trial.config[TRIAL_KEY]],
+            trial_dirname_creator=lambda trial: ids[trial.config[TRIAL_KEY]],
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=uri,
+            verbose=0,
+            callbacks=[Dispatch()],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def summary_table(trials: pd.DataFrame) -> str:
+    """Final loss (nats per data unit) by N (rows) and D (columns), then failures."""
+    done = trials[trials["status"] == "completed"]
+    lines = []
+    if len(done):
+        table = done.pivot_table(index="n_params", columns="tokens", values="final_loss", aggfunc="first")
+        table.index = [f"N={n:.3g}" for n in table.index]
+        table.columns = [f"D={d:.3g}" for d in table.columns]
+        lines.append("final held-out loss (nats/token) by model size N and tokens D:")
+        lines.append(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    bad = trials[trials["status"] != "completed"]
+    for row in bad.itertuples():
+        lines.append(f"{row.status}: {row.trial_id}: {row.error or '(no error recorded)'}")
+    return "\n".join(lines)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+

@@ -1,0 +1,1 @@
+"""Sweep spec schema, budget planner, data sources and the per-worker training loop."""

@@ -1,0 +1,228 @@
+"""Budget planner: a SweepSpec becomes a list of TrialConfigs (one per Ray Tune trial).
+
+Accounting per trial: tokens per optimizer step = batch_size · seq_len; steps =
+floor(planned tokens / tokens per step); D = steps · tokens per step (the tokens actually
+trained, never more than planned); C = D · training FLOPs per token of the model (analytic,
+see the family). Everything that could make a trial impossible is checked here, before
+anything launches, and reported against the spec's file, line and field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from experiments.data import vocab_size
+from experiments.spec import DataSpec, SizeSpec, SweepSpec, SyntheticSpec, TrainingSpec
+from experiments.yamlio import Located
+from models import family_names, get_family
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialConfig:
+    """Everything one trial needs, in plain values; serialised to JSON for Ray and the tables."""
+
+    trial_id: str
+    sweep: str
+    family: str
+    shape: dict[str, int]
+    n_params: int  # the scaling N
+    total_params: int
+    tokens: int  # D actually trained: steps * batch_size * seq_len
+    tokens_planned: float
+    steps: int
+    flops_per_token: float
+    flops: float  # C = flops_per_token * tokens (analytic, FLOPs)
+    compute_budget: float | None  # the isoflop budget this trial belongs to, if any
+    eval_steps: tuple[int, ...]  # optimizer steps after which to evaluate (last == steps)
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    zero_stage: int
+    precision: str
+    validation_tokens: int
+    training: TrainingSpec
+    data: DataSpec
+
+    @property
+    def seed(self) -> int:
+        return self.training.seed
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.training.batch_size * self.training.seq_len
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrialConfig":
+        d: dict[str, Any] = json.loads(text)
+        data = dict(d["data"])
+        data["paths"] = tuple(data["paths"])
+        data["synthetic"] = SyntheticSpec(**data["synthetic"])
+        d["data"] = DataSpec(**data)
+        d["training"] = TrainingSpec(**d["training"])
+        d["eval_steps"] = tuple(d["eval_steps"])
+        return cls(**d)
+
+
+def plan(spec: SweepSpec, located: Located) -> list[TrialConfig]:
+    """All trials of the sweep, largest compute first (so the longest trials do not run alone
+    at the end: shorter ones fill in around them). Raises UserError on impossible ones."""
+    _check_global(spec, located)
+    family = get_family(spec.family)
+    vocab = vocab_size(spec.data)
+    shapes = [_shape(spec, i, size, vocab, located) for i, size in enumerate(spec.model.sizes)]
+    trials: list[TrialConfig] = []
+    for i, (size, shape) in enumerate(zip(spec.model.sizes, shapes)):
+        fpt = family.flops_per_unit(shape)
+        if spec.budgets.kind == "grid":
+            budgets = [(j, tokens, None) for j, tokens in enumerate(spec.budgets.tokens)]
+        else:
+            budgets = [(j, c / fpt, c) for j, c in enumerate(spec.budgets.flops)]
+        for j, tokens_planned, c in budgets:
+            trials.append(_trial(spec, located, family, size, shape, i, j, tokens_planned, c))
+    _dedupe_ids(trials)
+    return sorted(trials, key=lambda t: (-t.flops, t.trial_id))
+
+
+def _check_global(spec: SweepSpec, located: Located) -> None:
+    if spec.family not in family_names():
+        raise located.error(("family",), f"unknown model family; expected one of {family_names()}")
+    res, ds = spec.resources, spec.deepspeed
+    if ds.precision == "fp16" and res.gpus_per_worker == 0:
+        raise located.error(
+            ("deepspeed", "precision"),
+            "fp16 needs a GPU (resources.gpus_per_worker > 0); on CPU use fp32 or bf16",
+        )
+
+
+def _shape(spec: SweepSpec, i: int, size: SizeSpec, vocab: int, located: Located) -> Any:
+    family = get_family(spec.family)
+    context = spec.training.seq_len
+    try:
+        if size.params is not None:
+            return family.shape_from_params(
+                int(size.params),
+                aspect_ratio=spec.model.aspect_ratio,
+                head_dim=spec.model.head_dim,
+                context=context,
+                vocab=vocab,
+            )
+        return family.shape_type(
+            d_model=size.d_model,
+            n_layers=size.n_layers,
+            n_heads=size.n_heads,
+            context=context,
+            vocab=vocab,
+        )
+    except ValueError as exc:
+        raise located.error(("model", "sizes", i), str(exc)) from None
+
+
+def _trial(spec, located, family, size, shape, i, j, tokens_planned, c) -> TrialConfig:
+    tr, res = spec.training, spec.resources
+    workers = size.workers or res.workers
+    per_step = tr.batch_size * tr.seq_len
+    budget_field = ("budgets", "tokens" if c is None else "flops", j)
+    if tr.batch_size % workers:
+        raise located.error(
+            ("model", "sizes", i),
+            f"training.batch_size ({tr.batch_size}) must divide evenly over {workers} workers",
+        )
+    steps = int(tokens_planned // per_step)
+    if steps < 1:
+        what = f"{tokens_planned:.4g} tokens" if c is None else (
+            f"compute {c:.4g} FLOPs buys only {tokens_planned:.4g} tokens for size {i} "
+            f"({family.flops_per_unit(shape):.4g} FLOPs/token): the model is too large for it"
+        )
+        raise located.error(
+            budget_field,
+            f"{what}; one optimizer step needs {per_step} tokens "
+            f"(batch_size {tr.batch_size} x seq_len {tr.seq_len})",
+        )
+    val_seqs = spec.evaluation.validation_tokens // tr.seq_len
+    if val_seqs < workers:
+        raise located.error(
+            ("evaluation", "validation_tokens"),
+            f"needs at least one sequence of {tr.seq_len} tokens per worker ({workers} workers)",
+        )
+    params = family.num_params(shape)
+    tokens = steps * per_step
+    fpt = family.flops_per_unit(shape)
+    return TrialConfig(
+        trial_id=_trial_id(family, params.scaling, tokens, tr.seed),
+        sweep=spec.name,
+        family=spec.family,
+        shape=dataclasses.asdict(shape),
+        n_params=params.scaling,
+        total_params=params.total,
+        tokens=tokens,
+        tokens_planned=float(tokens_planned),
+        steps=steps,
+        flops_per_token=fpt,
+        flops=fpt * tokens,
+        compute_budget=c,
+        eval_steps=eval_steps(steps, spec.evaluation.points),
+        workers=workers,
+        cpus_per_worker=res.cpus_per_worker,
+        gpus_per_worker=res.gpus_per_worker,
+        zero_stage=size.zero_stage if size.zero_stage is not None else spec.deepspeed.zero_stage,
+        precision=spec.deepspeed.precision,
+        validation_tokens=spec.evaluation.validation_tokens,
+        training=tr,
+        data=spec.data,
+    )
+
+
+def eval_steps(steps: int, points: int) -> tuple[int, ...]:
+    """``points`` log-spaced steps ending at ``steps`` and starting at ~steps/64 (fewer when
+    the trial is too short to hold that many distinct steps)."""
+    start = max(1.0, steps / 64)
+    grid = np.geomspace(start, steps, points) if points > 1 else np.array([steps])
+    return tuple(sorted({int(round(s)) for s in grid} | {steps}))
+
+
+def _si(x: float) -> str:
+    x = float(f"{x:.3g}")  # round first: 999,936 is "1M", not "1e+03k"
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _trial_id(family, n: int, tokens: int, seed: int) -> str:
+    return f"{getattr(family, 'tag', family.name)}-n{_si(n)}-d{_si(tokens)}-s{seed}"
+
+
+def _dedupe_ids(trials: list[TrialConfig]) -> None:
+    seen: dict[str, int] = {}
+    for k, t in enumerate(trials):
+        if t.trial_id in seen:
+            shape = "".join(f"{key[0]}{v}" for key, v in t.shape.items() if key != "vocab")
+            trials[k] = dataclasses.replace(t, trial_id=f"{t.trial_id}-{shape}")
+        seen[trials[k].trial_id] = k
+    if len(seen) != len(trials):
+        raise AssertionError("two trials share an id even with their shapes: identical sizes?")
+
+
+def describe(trials: list[TrialConfig]) -> str:
+    """The plan as a table: what --dry-run prints."""
+    head = f"{'trial':<28} {'shape':<22} {'N':>9} {'D':>9} {'C (FLOPs)':>10} {'steps':>6}  resources"
+    lines = [head, "-" * len(head)]
+    for t in trials:
+        shape = f"d{t.shape.get('d_model')} L{t.shape.get('n_layers')} h{t.shape.get('n_heads')}"
+        res = f"{t.workers}x({t.cpus_per_worker:g} CPU, {t.gpus_per_worker:g} GPU) ZeRO-{t.zero_stage} {t.precision}"
+        lines.append(
+            f"{t.trial_id:<28} {shape:<22} {t.n_params:>9.3g} {t.tokens:>9.3g} {t.flops:>10.3g} "
+            f"{t.steps:>6}  {res}"
+        )
+    total = sum(t.flops for t in trials)
+    lines.append(f"{len(trials)} trials, total compute {total:.3g} FLOPs")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""The per-worker training loop: one DeepSpeed engine trains one model to its token budget.
+
+It knows nothing of Ray: ``cluster.trial`` hands it a :class:`WorkerContext` whose
+``report`` sends metrics (and a checkpoint directory) to Ray Tune or Ray Train, and whose
+``restore_dir`` holds the checkpoint a restarted trial continues from. The process group
+must exist before ``run_worker`` is called (Ray Train makes it; ``cluster.trial`` makes a
+world-size-1 group for single-worker trials).
+
+Every evaluation point reports: ``step``, ``tokens`` (trained so far, all workers),
+``flops`` (tokens · FLOPs/token), ``train_loss`` (mean over the steps since the last point,
+nats/token), the family's held-out metrics (``loss`` in nats/token, …), ``lr``,
+``tokens_per_s`` (training steps only, all workers) and ``elapsed_s``. The last report also
+has ``done``, ``status`` (``completed`` or ``diverged``) and ``error``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from experiments.data import load_tokens, train_batch, validation_batches
+from experiments.planner import TrialConfig
+from models import get_family
+from models.flops import measured_flops_per_unit
+
+CHECKPOINT_TAG = "ckpt"
+
+
+@dataclass
+class WorkerContext:
+    rank: int
+    world_size: int
+    report: Callable[[dict, str | None], None]  # (metrics, checkpoint dir or None)
+    restore_dir: str | None = None  # a checkpoint to continue from
+    node_id: str = ""  # where this worker runs (recorded in the trials table)
+
+
+def lr_factor(step: int, steps: int, warmup_fraction: float, min_ratio: float) -> float:
+    """Multiplier of the peak LR for optimizer step ``step`` (0-based): linear warmup over
+    round(warmup_fraction·steps) steps, then cosine to ``min_ratio`` at the last step."""
+    warmup = round(warmup_fraction * steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def deepspeed_config(cfg: TrialConfig) -> dict:
+    tr = cfg.training
+    config = {
+        "train_batch_size": tr.batch_size,
+        "train_micro_batch_size_per_gpu": tr.batch_size // cfg.workers,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16"},
+        "zero_allow_untested_optimizer": True,  # a torch AdamW: no JIT-built fused Adam
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if tr.grad_clip > 0:
+        config["gradient_clipping"] = tr.grad_clip
+    return config
+
+
+def disable_jit_comm_op() -> None:
+    """Call before the process group is made. DeepSpeed's CPU accelerator would JIT-compile
+    a shared-memory all-reduce (~36 s) on first use; gloo's all-reduce is fine at these
+    sizes, so that cost is never paid (GPU runs use NCCL and are unaffected)."""
+    import deepspeed
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def build_engine(cfg: TrialConfig):
+    import deepspeed
+
+    disable_jit_comm_op()
+    family = get_family(cfg.family)
+    torch.manual_seed(cfg.seed)
+    model = family.build(family.shape_type(**cfg.shape))
+    tr = cfg.training
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tr.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tr.lr,
+        betas=(tr.beta1, tr.beta2),
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.steps, tr.warmup_fraction, tr.min_lr_ratio)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg)
+    )
+    return family, engine
+
+
+def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
+    """Train ``cfg`` on this worker's shard; returns the last metrics reported."""
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    data = load_tokens(
+        cfg.data, train_tokens=cfg.tokens + 1, validation_tokens=cfg.validation_tokens + cfg.training.seq_len
+    )
+    family, engine = build_engine(cfg)
+    tr = cfg.training
+    first = torch.from_numpy(train_batch(data.train, 0, tr.batch_size, tr.seq_len, 0, 1))
+    flops_measured = measured_flops_per_unit(
+        family, family.shape_type(**cfg.shape), first, units=first[:, 1:].numel()
+    )
+    state = {"step": 0, "wall_s": 0.0, "train_s": 0.0}
+    if ctx.restore_dir:
+        _, client = engine.load_checkpoint(ctx.restore_dir, tag=CHECKPOINT_TAG)
+        state.update(client or {})
+    val = [torch.from_numpy(b).to(engine.device) for b in validation_batches(
+        data.validation, cfg.validation_tokens, tr.seq_len, tr.batch_size, ctx.rank, ctx.world_size)]
+    startup_s = time.perf_counter() - started
+    fixed = {"startup_s": startup_s, "flops_measured_per_token": flops_measured,
+             "node_id": ctx.node_id}
+    wall_before = state["wall_s"] - time.perf_counter()  # wall time accumulates over restarts
+    losses: list[float] = []
+    metrics: dict = {}
+    step = state["step"]
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        batch = torch.from_numpy(
+            train_batch(data.train, step, tr.batch_size, tr.seq_len, ctx.rank, ctx.world_size)
+        ).to(engine.device)
+        loss = family.loss(engine, batch)
+        engine.backward(loss)
+        engine.step()
+        step += 1
+        mean_loss = _mean_over_workers(loss.detach().float(), ctx.world_size)
+        state["train_s"] += time.perf_counter() - t0
+        losses.append(mean_loss)
+        if not math.isfinite(mean_loss):
+            return _finish(ctx, cfg, metrics, step, "diverged", f"training loss is {mean_loss} at step {step}",
+                           wall_before, fixed)
+        if step in cfg.eval_steps:
+            metrics = _evaluate(family, engine, val, ctx.world_size)
+            metrics.update(_progress(cfg, step, losses, engine, state, wall_before, fixed))
+            losses = []
+            if not math.isfinite(metrics["loss"]):
+                return _finish(ctx, cfg, metrics, step, "diverged", f"held-out loss is {metrics['loss']}",
+                               wall_before, fixed)
+            if step == cfg.steps:
+                return _finish(ctx, cfg, metrics, step, "completed", "", wall_before, fixed)
+            state.update(step=step, wall_s=metrics["elapsed_s"])
+            _report_with_checkpoint(ctx, engine, metrics, state)
+    return metrics  # only reached when restored from a checkpoint at the very end
+
+
+def _mean_over_workers(value: torch.Tensor, world: int) -> float:
+    if world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= world
+    return value.item()
+
+
+@torch.no_grad()
+def _evaluate(family, engine, val: list[torch.Tensor], world: int) -> dict:
+    engine.eval()
+    metrics = family.evaluate(engine, val)
+    engine.train()
+    if world > 1:  # every worker scored the same number of tokens: the mean of means is exact
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(values)
+        metrics = {k: v / world for k, v in zip(keys, values.tolist())}
+    return metrics
+
+
+def _progress(cfg, step, losses, engine, state, wall_before, fixed) -> dict:
+    tokens = step * cfg.tokens_per_step
+    return {
+        "step": step,
+        "tokens": tokens,
+        "flops": tokens * cfg.flops_per_token,
+        "train_loss": sum(losses) / max(1, len(losses)),
+        "lr": engine.get_lr()[0],
+        "tokens_per_s": tokens / state["train_s"] if state["train_s"] > 0 else 0.0,
+        "elapsed_s": wall_before + time.perf_counter(),
+        "done": False,
+        **fixed,
+    }
+
+
+def _report_with_checkpoint(ctx: WorkerContext, engine, metrics: dict, state: dict) -> None:
+    with tempfile.TemporaryDirectory(prefix="scalinglab-ckpt-") as tmp:
+        engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state=dict(state))
+        ctx.report(metrics, tmp)
+
+
+def _finish(ctx, cfg, metrics, step, status, error, wall_before, fixed) -> dict:
+    final = dict(metrics)
+    final.update(
+        step=step,
+        tokens=step * cfg.tokens_per_step,
+        flops=step * cfg.tokens_per_step * cfg.flops_per_token,
+        done=True,
+        status=status,
+        error=error,
+        elapsed_s=wall_before + time.perf_counter(),
+        **fixed,
+    )
+    ctx.report(final, None)
+    return final
+
+
+def set_distributed_env(rank: int, world: int, local_rank: int, local_world: int,
+                        master_addr: str, master_port: int) -> None:
+    """The variables DeepSpeed reads when it is not started by its own launcher."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
+        LOCAL_WORLD_SIZE=str(local_world), MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
+    )

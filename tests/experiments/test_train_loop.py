@@ -1,0 +1,92 @@
+"""The per-worker loop on a real world-size-1 DeepSpeed engine (gloo), without Ray."""
+
+import dataclasses
+import math
+import shutil
+
+import pytest
+import torch
+
+from experiments.planner import plan
+from experiments.spec import load_spec
+from experiments.train_loop import (
+    WorkerContext, disable_jit_comm_op, lr_factor, run_worker, set_distributed_env,
+)
+from tests.conftest import MINIMAL_SPEC
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    import socket
+
+    import deepspeed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    set_distributed_env(0, 1, 0, 1, "127.0.0.1", port)
+    disable_jit_comm_op()
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield
+    torch.distributed.destroy_process_group()
+
+
+@pytest.fixture
+def trial(write_spec):
+    spec, located = load_spec(write_spec(MINIMAL_SPEC.replace("tokens: [4096, 8192]", "tokens: [12800]")))
+    smallest = min(plan(spec, located), key=lambda t: t.n_params)
+    return dataclasses.replace(smallest, eval_steps=(10, 50, 100))
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    assert lr_factor(0, 100, 0.1, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 0.1, 0.1) == pytest.approx(0.1)
+    values = [lr_factor(s, 100, 0.1, 0.1) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert lr_factor(0, 100, 0.0, 0.0) == pytest.approx(1.0)
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None, keep: str | None = None):
+        self.reports, self.stop_after, self.keep = [], stop_after, keep
+
+    def __call__(self, metrics, checkpoint_dir):
+        self.reports.append((dict(metrics), checkpoint_dir is not None))
+        if self.stop_after is not None and len(self.reports) == self.stop_after:
+            shutil.copytree(checkpoint_dir, self.keep)
+            raise KeyboardInterrupt("simulated kill after a checkpoint")
+
+
+def test_trains_reports_at_eval_points_and_counts_tokens(process_group, trial):
+    rec = Recorder()
+    final = run_worker(trial, WorkerContext(0, 1, rec))
+    steps = [m["step"] for m, _ in rec.reports]
+    assert steps == [10, 50, 100]
+    assert [has_ckpt for _, has_ckpt in rec.reports] == [True, True, False]  # the end needs none
+    assert final["status"] == "completed" and final["done"]
+    assert final["tokens"] == trial.tokens == 100 * 4 * 32
+    assert final["flops"] == pytest.approx(trial.flops)
+    losses = [m["loss"] for m, _ in rec.reports]
+    assert losses[-1] < losses[0] < math.log(256) + 0.5
+    assert final["tokens_per_s"] > 0 and final["flops_measured_per_token"] > 0
+
+
+def test_resume_from_checkpoint_continues_where_it_stopped(process_group, trial, tmp_path):
+    whole = run_worker(trial, WorkerContext(0, 1, Recorder()))
+    saved = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(trial, WorkerContext(0, 1, Recorder(stop_after=2, keep=str(saved))))
+    rec = Recorder()
+    resumed = run_worker(trial, WorkerContext(0, 1, rec, restore_dir=str(saved)))
+    assert [m["step"] for m, _ in rec.reports] == [100]  # steps 1..50 were not trained again
+    assert resumed["loss"] == pytest.approx(whole["loss"], abs=1e-4)
+
+
+def test_nan_loss_ends_the_trial_as_diverged(process_group, trial):
+    blowup = dataclasses.replace(trial, training=dataclasses.replace(trial.training, lr=1e9, grad_clip=0.0))
+    rec = Recorder()
+    final = run_worker(blowup, WorkerContext(0, 1, rec))
+    assert final["status"] == "diverged" and "loss is" in final["error"]
+    assert final["step"] < trial.steps
