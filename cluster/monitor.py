@@ -74,8 +74,9 @@ class TableRecorder(Callback):
     ends or fails, so a reader in another process sees the sweep as it goes."""
 
     def __init__(self, store: ResultsStore, rows: dict[str, dict], evals: list[dict],
-                 min_interval_s: float = 2.0) -> None:
+                 replayed: set[str] = frozenset(), min_interval_s: float = 2.0) -> None:
         self.store, self.rows, self.evals = store, rows, evals
+        self.replayed = replayed  # finished in an earlier run: their rows are final
         self.min_interval_s = min_interval_s
         self._last_write = 0.0
         self.flush()
@@ -86,9 +87,9 @@ class TableRecorder(Callback):
         self._last_write = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        row = self.rows[_trial_id(trial)]
-        if row["status"] in ("pending", "failed", "running"):
-            row.update(status="running", error="", started_at=datetime.now(timezone.utc))
+        trial_id = _trial_id(trial)
+        if trial_id not in self.replayed:
+            self.rows[trial_id].update(status="running", error="", started_at=datetime.now(timezone.utc))
             self.flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -124,9 +125,11 @@ class TableRecorder(Callback):
         self.flush()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        row = self.rows[_trial_id(trial)]
-        row.update(status="failed", error=error_summary(trial), finished_at=datetime.now(timezone.utc))
-        self.flush()
+        trial_id = _trial_id(trial)
+        if trial_id not in self.replayed:
+            self.rows[trial_id].update(status="failed", error=error_summary(trial),
+                                       finished_at=datetime.now(timezone.utc))
+            self.flush()
 
     def on_experiment_end(self, trials, **info):
         for row in self.rows.values():

@@ -21,6 +21,7 @@ from experiments.errors import UserError
 from experiments.planner import TrialConfig, plan
 from experiments.spec import SweepSpec, load_spec, resolve_data_paths
 
+FINAL = {"completed", "diverged", "failed"}  # statuses a resumed sweep keeps (failed: unless retried)
 TUNE_DIR = "tune"
 TRAIN_DIR = "train"
 
@@ -55,14 +56,15 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     started = time.monotonic()
     spec, trials, uri = prepare(spec_path, storage)
     store = ResultsStore(uri)
-    rows, evals = _initial_tables(store, spec, trials, resume, Path(spec_path).read_text())
+    rows, evals = _initial_tables(store, spec, trials, resume, Path(spec_path).read_text(), retry_failed)
     resources = start_ray(address, verbose=verbose)
     _say(f"sweep {spec.name}: {len(trials)} trials on Ray ({resources.get('CPU', 0):g} CPUs, "
          f"{resources.get('GPU', 0):g} GPUs) -> {uri}")
-    completed = {tid: _final_metrics(r) for tid, r in rows.items() if r["status"] == "completed"}
-    recorder = TableRecorder(store, rows, evals)
+    finished = {tid: _final_metrics(r) for tid, r in rows.items() if r["status"] in FINAL}
+    recorder = TableRecorder(store, rows, evals, replayed=set(finished))
     printer = ProgressPrinter(rows, interval_s=progress_interval_s)
-    tuner = _tuner(spec, trials, uri, resume, retry_failed, verbose, completed, max_concurrent)
+    limit = max_concurrent or spec.resources.max_concurrent or default_concurrency(trials, resources)
+    tuner = _tuner(trials, uri, resume, retry_failed, verbose, finished, limit, spec.max_failures)
     ACTIVE[:] = [recorder, printer]
     try:
         tuner.fit()
@@ -73,8 +75,20 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     return SweepOutcome(uri, frame, store.read_table("evals.parquet"), time.monotonic() - started)
 
 
+def default_concurrency(trials: list[TrialConfig], resources: dict) -> int:
+    """How many trials the cluster can hold at once. Tune would otherwise start every
+    multi-worker trial at once (each holds only 0.01 CPU while its TorchTrainer waits for
+    worker resources), paying a trial process per pending trial for nothing."""
+    smallest_cpu = min(t.workers * t.cpus_per_worker for t in trials)
+    limit = int(resources.get("CPU", 1) // smallest_cpu)
+    gpu_trials = [t.workers * t.gpus_per_worker for t in trials if t.gpus_per_worker > 0]
+    if gpu_trials and len(gpu_trials) == len(trials):
+        limit = min(limit, int(resources.get("GPU", 0) // min(gpu_trials)))
+    return max(1, limit)
+
+
 def _initial_tables(store: ResultsStore, spec: SweepSpec, trials: list[TrialConfig],
-                    resume: bool, spec_text: str) -> tuple[dict[str, dict], list[dict]]:
+                    resume: bool, spec_text: str, retry_failed: bool) -> tuple[dict[str, dict], list[dict]]:
     entropy = markov_entropy_rate(spec.data.synthetic) if spec.data.source == "synthetic" else None
     rows = {t.trial_id: planned_row(t, entropy) for t in trials}
     existing = store.exists("plan.json")
@@ -97,7 +111,8 @@ def _initial_tables(store: ResultsStore, spec: SweepSpec, trials: list[TrialConf
     evals: list[dict] = []
     if store.exists("trials.parquet"):
         for row in store.read_table("trials.parquet").to_dict("records"):
-            if row["trial_id"] in rows and row["status"] in ("completed", "diverged"):
+            keep = FINAL if not retry_failed else FINAL - {"failed"}
+            if row["trial_id"] in rows and row["status"] in keep:
                 rows[row["trial_id"]] = row
     if store.exists("evals.parquet"):
         evals = store.read_table("evals.parquet").to_dict("records")
@@ -105,20 +120,20 @@ def _initial_tables(store: ResultsStore, spec: SweepSpec, trials: list[TrialConf
 
 
 def _final_metrics(row: dict) -> dict:
-    """A completed trial's final result, replayed to Tune on resume instead of re-running."""
+    """A finished trial's final result, replayed to Tune on resume instead of re-running."""
     return {"done": True, "status": row["status"], "error": row["error"], "step": int(row["steps"]),
             "tokens": int(row["tokens"]), "flops": float(row["flops"]), "loss": float(row["final_loss"]),
             "elapsed_s": float(row["wall_s"])}
 
 
-def _tuner(spec, trials, uri, resume, retry_failed, verbose, completed, max_concurrent):
+def _tuner(trials, uri, resume, retry_failed, verbose, finished, limit, max_failures):
     from cluster.monitor import Dispatch
 
     from ray import tune
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, train_storage=f"{uri.rstrip('/')}/{TRAIN_DIR}",
-                             verbose=verbose, completed=completed),
+                             verbose=verbose, finished=finished),
         resources_for,
     )
     tune_path = f"{uri.rstrip('/')}/{TUNE_DIR}"
@@ -128,7 +143,6 @@ def _tuner(spec, trials, uri, resume, retry_failed, verbose, completed, max_conc
             resume_errored=retry_failed, restart_errored=False,
         )
     ids = {t.to_json(): t.trial_id for t in trials}
-    limit = max_concurrent or spec.resources.max_concurrent or None
     return tune.Tuner(
         trainable,
         param_space={TRIAL_KEY: tune.grid_search([t.to_json() for t in trials])},
@@ -142,7 +156,7 @@ def _tuner(spec, trials, uri, resume, retry_failed, verbose, completed, max_conc
             storage_path=uri,
             verbose=0,
             callbacks=[Dispatch()],
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
+            failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )

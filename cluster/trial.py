@@ -41,14 +41,14 @@ def resources_for(config: dict):
 
 
 def run_trial(config: dict, train_storage: str = "", verbose: bool = False,
-              completed: dict | None = None) -> None:
-    """The Tune function trainable. ``completed`` maps trial ids already finished (in the
+              finished: dict | None = None) -> None:
+    """The Tune function trainable. ``finished`` maps trial ids already finished (in the
     results table) to their final metrics, which are replayed instead of training again."""
     cfg = TrialConfig.from_json(config[TRIAL_KEY])
-    if completed and cfg.trial_id in completed:
+    if finished and cfg.trial_id in finished:
         from ray import tune
 
-        tune.report(dict(completed[cfg.trial_id], replayed=True))
+        tune.report(dict(finished[cfg.trial_id], replayed=True))
         return
     faults = [f for f in os.environ.get(FAULT_ENV, "").split(",") if f]
     if any(f in cfg.trial_id for f in faults):

@@ -91,6 +91,22 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(write_spec, tmp_path):
     assert "RuntimeError: injected failure" in failed["error"]
     assert trials[trials["status"] == "completed"]["final_loss"].notna().all()
 
+    # resuming keeps the failure (and its error) and does not re-run the others
+    again = _cli("sweep", str(spec), "--storage", str(out), "--resume")
+    assert again.returncode == 1, again.stderr[-3000:]
+    kept = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    assert kept["status"].to_dict() == trials["status"].to_dict()
+    assert kept["error"].to_dict() == trials["error"].to_dict()
+    assert kept["finished_at"].to_dict() == trials["finished_at"].to_dict()
+
+    # --retry-failed runs the failed trial again (the fault is gone now) and only it
+    retry = _cli("sweep", str(spec), "--storage", str(out), "--resume", "--retry-failed")
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    fixed = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    assert (fixed["status"] == "completed").all()
+    for trial_id in trials.index[trials["status"] == "completed"]:
+        assert fixed.loc[trial_id, "finished_at"] == trials.loc[trial_id, "finished_at"]
+
 
 def _descendants(pid: int) -> list[psutil.Process]:
     try:

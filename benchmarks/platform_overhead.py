@@ -1,0 +1,129 @@
+"""Platform overhead: the same model, data and steps trained (a) by a bare PyTorch loop in
+this process and (b) through the platform (CLI -> embedded Ray -> Tune trial -> DeepSpeed),
+in one run. Prints tokens/s of each, their ratio, and the fixed start-up seconds.
+
+    python benchmarks/platform_overhead.py                # ~60 s trial (d96, L2) on a CPU
+    python benchmarks/platform_overhead.py --tokens 2e5   # a quick look
+
+Both sides use one thread (the trial's ``cpus_per_worker: 1``), fp32, AdamW with the same
+schedule and clipping, and the same batches from the stdlib source. The platform's
+steady-state tokens/s counts training steps only (its one evaluation, at the end, is
+excluded); its end-to-end figure divides by the whole command's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from experiments.data import load_tokens, train_batch  # noqa: E402
+from experiments.planner import TrialConfig  # noqa: E402
+from experiments.train_loop import lr_factor  # noqa: E402
+from models import get_family  # noqa: E402
+
+SPEC = """\
+name: overhead
+model:
+  sizes: [{{d_model: {d_model}, n_layers: {n_layers}, n_heads: {n_heads}}}]
+budgets: {{tokens: [{tokens}]}}
+training: {{batch_size: 8, seq_len: 64}}
+resources: {{cpus_per_worker: 1}}
+evaluation: {{validation_tokens: 8192, points: 1}}
+"""
+
+
+def bare_loop(cfg: TrialConfig) -> dict:
+    """The reference: plain PyTorch, no Ray, no DeepSpeed."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    family = get_family(cfg.family)
+    data = load_tokens(cfg.data, train_tokens=cfg.tokens + 1, validation_tokens=cfg.validation_tokens)
+    torch.manual_seed(cfg.seed)
+    model = family.build(family.shape_type(**cfg.shape))
+    tr = cfg.training
+    opt = torch.optim.AdamW(model.parameters(), lr=tr.lr, betas=(tr.beta1, tr.beta2),
+                            weight_decay=tr.weight_decay, foreach=True)  # as the platform's
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.steps, tr.warmup_fraction, tr.min_lr_ratio))
+    setup_s = time.perf_counter() - started
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        batch = torch.from_numpy(train_batch(data.train, step, tr.batch_size, tr.seq_len))
+        loss = family.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
+        opt.step()
+        sched.step()
+        loss.item()  # the platform reads the loss every step too (divergence check)
+    train_s = time.perf_counter() - t0
+    return {"tokens_per_s": cfg.tokens / train_s, "train_s": train_s, "setup_s": setup_s,
+            "wall_s": time.perf_counter() - started}
+
+
+def platform(spec_path: Path, storage: Path) -> dict:
+    started = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "cluster.cli", "sweep", str(spec_path), "--storage", str(storage)],
+                         cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if run.returncode != 0:
+        raise SystemExit(f"platform run failed:\n{run.stderr[-3000:]}")
+    row = pd.read_parquet(storage / "trials.parquet").iloc[0]
+    return {"tokens_per_s": float(row.tokens_per_s), "trial_wall_s": float(row.wall_s),
+            "trial_startup_s": float(row.startup_s), "command_wall_s": wall,
+            "cfg": TrialConfig.from_json(row.config)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=float, default=1.3e6)
+    parser.add_argument("--d-model", type=int, default=96)
+    parser.add_argument("--n-layers", type=int, default=2)
+    parser.add_argument("--n-heads", type=int, default=6)
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "overhead.yaml"
+        spec.write_text(SPEC.format(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
+                                    tokens=args.tokens))
+        plat = platform(spec, Path(tmp) / "out")
+        cfg = plat.pop("cfg")
+        bare = bare_loop(cfg)
+    fixed = plat["command_wall_s"] - cfg.tokens / plat["tokens_per_s"]
+    result = {
+        "model": cfg.shape, "n_params": cfg.n_params, "tokens": cfg.tokens, "steps": cfg.steps,
+        "bare_tokens_per_s": bare["tokens_per_s"], "platform_tokens_per_s": plat["tokens_per_s"],
+        "ratio": plat["tokens_per_s"] / bare["tokens_per_s"],
+        "bare_wall_s": bare["wall_s"], "platform_command_wall_s": plat["command_wall_s"],
+        "end_to_end_ratio": bare["wall_s"] / plat["command_wall_s"],
+        "platform_trial_wall_s": plat["trial_wall_s"],
+        "fixed_startup_s": fixed, "trial_startup_s": plat["trial_startup_s"],
+    }
+    if args.format == "json":
+        print(json.dumps(result))
+        return 0
+    print(textwrap.dedent(f"""\
+        model d{cfg.shape['d_model']} L{cfg.shape['n_layers']} (N={cfg.n_params:,}), {cfg.tokens:,} tokens, {cfg.steps} steps, 1 CPU thread
+        bare PyTorch loop      {bare['tokens_per_s']:>10,.0f} tokens/s   ({bare['train_s']:.1f} s training, {bare['wall_s']:.1f} s in all)
+        platform (Tune->DS)    {plat['tokens_per_s']:>10,.0f} tokens/s   ({plat['trial_wall_s']:.1f} s trial, {plat['command_wall_s']:.1f} s command)
+        ratio (steady state)   {result['ratio']:.3f}   (target >= 0.90)
+        end-to-end ratio       {result['end_to_end_ratio']:.3f}   (bare wall / platform command wall)
+        fixed start-up         {fixed:.1f} s per sweep command (Ray start, Tune trial, data, DeepSpeed init, final eval)
+                               of which {plat['trial_startup_s']:.1f} s inside the trial (data + engine)"""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
