@@ -82,7 +82,8 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(write_spec, tmp_path):
         evaluation: {validation_tokens: 1024, points: 2}
         """)
     out = tmp_path / "out"
-    run = _cli("sweep", str(spec), "--storage", str(out), env={"SCALINGLAB_INJECT_FAILURE": "-d8.19k-"})
+    uri = f"file://{out}"  # storage given as a pyarrow/Ray filesystem URI, not a path
+    run = _cli("sweep", str(spec), "--storage", uri, env={"SCALINGLAB_INJECT_FAILURE": "-d8.19k-"})
     assert run.returncode == 1, run.stderr[-3000:]
     assert "1 failed" in run.stdout and "injected failure" in run.stdout
     trials = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
@@ -92,7 +93,7 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(write_spec, tmp_path):
     assert trials[trials["status"] == "completed"]["final_loss"].notna().all()
 
     # resuming keeps the failure (and its error) and does not re-run the others
-    again = _cli("sweep", str(spec), "--storage", str(out), "--resume")
+    again = _cli("sweep", str(spec), "--storage", uri, "--resume")
     assert again.returncode == 1, again.stderr[-3000:]
     kept = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
     assert kept["status"].to_dict() == trials["status"].to_dict()
@@ -100,7 +101,7 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(write_spec, tmp_path):
     assert kept["finished_at"].to_dict() == trials["finished_at"].to_dict()
 
     # --retry-failed runs the failed trial again (the fault is gone now) and only it
-    retry = _cli("sweep", str(spec), "--storage", str(out), "--resume", "--retry-failed")
+    retry = _cli("sweep", str(spec), "--storage", uri, "--resume", "--retry-failed")
     assert retry.returncode == 0, retry.stderr[-3000:]
     fixed = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
     assert (fixed["status"] == "completed").all()
