@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from analysis.points import AnalysisError
 from experiments.errors import UserError
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from cluster.sweep import prepare, run_sweep, summary_table
+    from cluster.sweep import fit_sweep, prepare, run_sweep, summary_table
     from experiments.planner import describe
 
     if args.dry_run:
@@ -26,10 +27,28 @@ def _sweep(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed, verbose=args.verbose, max_concurrent=args.max_concurrent,
     )
     print(summary_table(outcome.trials))
+    if not args.no_fit:
+        print("\nscaling-law fits (95% bootstrap intervals; fits.json in the results folder):")
+        print(fit_sweep(outcome))
     counts = outcome.trials["status"].value_counts().to_dict()
     print(f"{len(outcome.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"; wall time {outcome.wall_s:.0f} s; tables in {outcome.storage}")
     return 0 if outcome.ok else 1
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.fit import fit_laws, summary
+
+    results = fit_laws(args.source, laws=args.law, predict=args.predict, bootstrap=args.bootstrap,
+                       seed=args.seed, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
+                       loss_col=args.loss_col, full_grid=args.full_grid)
+    if args.format == "json":
+        print(json.dumps({"fits": [r.to_json() for r in results]}))
+    else:
+        print(summary(results))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="print the plan (N, D, C, resources) and exit")
     sweep.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
     sweep.add_argument("--verbose", action="store_true", help="show Ray's and DeepSpeed's own logs")
+    sweep.add_argument("--no-fit", action="store_true", help="skip the scaling-law fit at the end")
     sweep.set_defaults(func=_sweep)
+
+    fit = sub.add_parser("fit", help="fit scaling laws to a results folder or a CSV/Parquet table")
+    fit.add_argument("source", help="a sweep's results folder, or a .csv/.parquet table")
+    fit.add_argument("--law", action="append", help="chinchilla, power_N|D|C, kaplan_N|D|C, isoflop, "
+                     "envelope (repeatable; default: every law the data can identify)")
+    fit.add_argument("--predict", action="append", help="a target: N=1e9,D=2e10 or C=1e21 (repeatable)")
+    fit.add_argument("--bootstrap", type=int, default=1000, help="resamples for intervals (0: off)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--n-col", default="n_params")
+    fit.add_argument("--d-col", default="tokens")
+    fit.add_argument("--c-col", default="flops")
+    fit.add_argument("--loss-col", default="final_loss")
+    fit.add_argument("--full-grid", action="store_true",
+                     help="run L-BFGS from every grid start (slow): starts_at_best over the whole grid")
+    fit.add_argument("--format", choices=["text", "json"], default="text")
+    fit.set_defaults(func=_fit)
     return parser
 
 
@@ -54,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UserError as exc:
+    except (UserError, AnalysisError) as exc:
         print(f"scalinglab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,7 +51,7 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
               resume: bool = False, retry_failed: bool = False, verbose: bool = False,
               max_concurrent: int | None = None, progress_interval_s: float = 10.0) -> SweepOutcome:
     from cluster.monitor import ACTIVE, ProgressPrinter, TableRecorder
-    from cluster.runtime import start_ray
+    from cluster.runtime import start_ray, stop_ray
 
     started = time.monotonic()
     spec, trials, uri = prepare(spec_path, storage)
@@ -71,6 +71,7 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     finally:
         recorder.on_experiment_end(trials=[])
         ACTIVE.clear()
+        stop_ray()  # before any analysis forks processes (forking Ray's threads is unsafe)
     frame = store.read_table("trials.parquet")
     return SweepOutcome(uri, frame, store.read_table("evals.parquet"), time.monotonic() - started)
 
@@ -160,6 +161,24 @@ def _tuner(trials, uri, resume, retry_failed, verbose, finished, limit, max_fail
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+def fit_sweep(outcome: SweepOutcome, *, bootstrap: int = 200, seed: int = 0) -> str | None:
+    """Fit every law the sweep's completed trials identify; write ``fits.json`` beside the
+    tables and return the readable summary (None when no law is identifiable yet)."""
+    import json
+
+    from analysis.fit import fit_laws, summary
+    from analysis.points import AnalysisError
+
+    store = ResultsStore(outcome.storage)
+    source = outcome.storage if "://" not in outcome.storage else outcome.trials
+    try:
+        results = fit_laws(source, bootstrap=bootstrap, seed=seed, log=lambda msg: None)
+    except AnalysisError as exc:
+        return f"no fit: {exc}"
+    store.write_bytes("fits.json", json.dumps({"fits": [r.to_json() for r in results]}).encode())
+    return summary(results)
 
 
 def summary_table(trials: pd.DataFrame) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -70,6 +71,10 @@ def test_two_trial_sweep_with_a_two_worker_zero2_trial(write_spec, tmp_path):
     # the two-worker trial ran under Ray Train, which kept its checkpoints by trial name
     assert (out / "train" / two["trial_id"]).is_dir()
     assert (out / "tune").is_dir() and (out / "spec.yaml").is_file()
+    # the sweep ends with a fit of what two trials can identify: the training-curve envelope
+    fits = json.loads((out / "fits.json").read_text())["fits"]
+    assert [f["law"] for f in fits] == ["envelope"] and fits[0]["n_points"] == 2
+    assert "scaling-law fits" in run.stdout
 
 
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(write_spec, tmp_path):

@@ -1,0 +1,169 @@
+"""One call for every law: what ``scalinglab fit`` and the report use.
+
+    from analysis.fit import fit_laws
+    results = fit_laws("results/quickstart", predict=["N=1e7,D=1e8", "C=1e15"], bootstrap=200)
+    for r in results:
+        print(r.law, {k: (v.value, v.low, v.high) for k, v in r.params.items()})
+
+Single-variable laws describe one variable at a time, so on a grid they are fitted to the
+series that isolates it: L(N) to the points at the largest D, L(D) to those at the largest
+N, L(C) to the compute frontier (points with a lower loss than every point of less compute).
+``diagnostics.subset`` says which. The Chinchilla law uses every point.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.allocation import budgets_of, fit_envelope, fit_isoflop
+from analysis.laws import LAWS, fit_lse_law
+from analysis.points import AnalysisError, Points, load_points
+from analysis.results import FitResult
+
+ALL_LAWS = ["chinchilla", "power_N", "power_D", "power_C", "kaplan_N", "kaplan_D", "kaplan_C",
+            "isoflop", "envelope"]
+
+
+def parse_target(text: str) -> dict[str, float]:
+    """'N=1e9,D=2e10' or 'C=1e21' -> {'N': 1e9, 'D': 2e10}."""
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip().upper()
+        if not sep or key not in ("N", "D", "C"):
+            raise AnalysisError(f"--predict {text!r}: expected comma-separated N=…, D=…, C=… (e.g. N=1e9,D=2e10)")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise AnalysisError(f"--predict {text!r}: {value!r} is not a number") from None
+        if not out[key] > 0:
+            raise AnalysisError(f"--predict {text!r}: {key} must be positive")
+    return out
+
+
+def subset_for(law: str, df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    var = law.split("_")[-1] if "_" in law else None
+    if var == "N" and df["D"].nunique() > 1:
+        d = df["D"].max()
+        return df[np.isclose(df["D"], d, rtol=1e-6)], f"points at the largest D ({d:.3g})"
+    if var == "D" and df["N"].nunique() > 1:
+        n = df["N"].max()
+        return df[np.isclose(df["N"], n, rtol=1e-6)], f"points at the largest N ({n:.3g})"
+    if var == "C":
+        ordered = df.sort_values("C")
+        frontier = ordered[ordered["loss"] < ordered["loss"].cummin().shift(fill_value=np.inf)]
+        return frontier, "the compute frontier (lower loss than every point of less compute)"
+    return df, "all points"
+
+
+def identifiable(law: str, points: Points) -> str | None:
+    """None when the data can identify ``law``, else why not."""
+    df = points.frame
+    needs = {"chinchilla": ("N", "D"), "isoflop": ("N", "C"), "envelope": ("N",)}.get(law, (law[-1],))
+    absent = [v for v in needs if v not in df]
+    if absent:
+        return f"needs column(s) for {', '.join(absent)}"
+    if law == "chinchilla":
+        if df["N"].nunique() < 3 or df["D"].nunique() < 3:
+            return f"needs >= 3 distinct N and D (has {df['N'].nunique()} and {df['D'].nunique()})"
+        return None
+    if law == "isoflop":
+        groups = df.groupby(budgets_of(df))["N"].nunique()
+        return None if (groups >= 3).sum() >= 2 else "needs >= 2 compute budgets with >= 3 sizes each"
+    if law == "envelope":
+        return None if points.evals is not None and "trial_id" in df else "needs per-evaluation rows"
+    sub, _ = subset_for(law, df)
+    var = law.split("_")[-1]
+    need = 4 if LAWS[law].with_e else 3
+    if sub[var].nunique() < 3 or len(sub) < need:
+        return f"needs >= 3 distinct {var} and >= {need} points in {subset_for(law, df)[1]}"
+    return None
+
+
+def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None = None,
+             bootstrap: int = 1000, seed: int = 0, n_col: str = "n_params", d_col: str = "tokens",
+             c_col: str = "flops", loss_col: str = "final_loss", full_grid: bool = False,
+             log=None) -> list[FitResult]:
+    """Fit ``laws`` (default: every law the data can identify) to a results folder, a
+    CSV/Parquet path or a DataFrame. ``predict`` holds targets like 'N=1e9,D=2e10'.
+    ``full_grid`` runs L-BFGS from every grid start (slow), so ``starts_at_best`` counts
+    over the whole grid rather than its 32 best starts."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    unknown = [law for law in laws or [] if law not in ALL_LAWS]
+    if unknown:
+        raise AnalysisError(f"unknown law(s) {unknown}; expected some of {ALL_LAWS}")
+    need = ("N", "D", "loss") if c_col not in _columns(source) else ("loss",)
+    points = load_points(source, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, need=need)
+    for w in points.warnings:
+        log(f"warning: {w}")
+    targets = [parse_target(t) for t in predict or []]
+    chosen = laws or [law for law in ALL_LAWS if identifiable(law, points) is None]
+    if not chosen:
+        raise AnalysisError(f"no law can be identified from {len(points.frame)} usable point(s): "
+                            + "; ".join(f"{law}: {identifiable(law, points)}" for law in ALL_LAWS[:4]))
+    results = []
+    for law in chosen:
+        log(f"fitting {law} ...")
+        if law == "isoflop":
+            results.append(fit_isoflop(points, bootstrap=bootstrap, seed=seed))
+            continue
+        if law == "envelope":
+            results.append(fit_envelope(points, bootstrap=bootstrap, seed=seed))
+            continue
+        spec = LAWS[law]
+        missing = [v for v in spec.variables if v not in points.frame]
+        if missing:
+            raise AnalysisError(f"{law}: the table has no {', '.join(missing)} column")
+        frame, subset = subset_for(law, points.frame)
+        sub = Points(frame.reset_index(drop=True), points.dropped, list(points.warnings), points.evals)
+        usable = [t for t in targets if _can_predict(spec.variables, t, law)]
+        result = fit_lse_law(spec, sub, bootstrap=bootstrap, seed=seed, predict=usable,
+                             top_k=None if full_grid else 32)
+        result.diagnostics["subset"] = subset
+        result.warnings += [f"--predict {t} skipped: {law} needs {', '.join(spec.variables)}"
+                            for t in targets if t not in usable]
+        results.append(result)
+    return results
+
+
+def _can_predict(variables, target, law) -> bool:
+    have = set(target) | ({"C"} if {"N", "D"} <= set(target) else set())
+    return set(variables) <= have or (law == "chinchilla" and "C" in target)
+
+
+def _columns(source) -> set[str]:
+    if isinstance(source, pd.DataFrame):
+        return set(source.columns)
+    path = Path(source)
+    try:
+        if path.is_dir():
+            return set(pd.read_parquet(path / "trials.parquet").columns)
+        if path.suffix.lower() == ".csv":
+            return set(pd.read_csv(path, nrows=1).columns)
+        return set(pd.read_parquet(path).columns)
+    except Exception:
+        return set()  # load_points reports the real problem
+
+
+def summary(results: list[FitResult]) -> str:
+    lines = []
+    for r in results:
+        lines.append(f"{r.law}: {r.n_points} points ({r.dropped} dropped)"
+                     + (f", R² (log) {r.r2_log:.4f}" if r.r2_log is not None else ""))
+        for name, iv in {**r.params, **r.derived}.items():
+            lines.append(f"  {name:>6} = {iv.value:.4g}  [{iv.low:.4g}, {iv.high:.4g}]")
+        held = r.diagnostics.get("held_out")
+        if held:
+            lines.append(f"  held-out: {held['n_held_out']} largest-C point(s) predicted within "
+                         f"{held['max_abs_rel_error']:.2%} (refit without them)")
+        for p in r.predictions:
+            where = ", ".join(f"{k}={p[k]:.3g}" for k in ("N", "D", "C") if k in p)
+            loss = p["loss"]
+            lines.append(f"  predict {where}: loss {loss.value:.4f} [{loss.low:.4f}, {loss.high:.4f}], "
+                         f"{p['extrapolation']:.3g}x beyond the data")
+        lines += [f"  warning: {w}" for w in r.warnings]
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""Parametric scaling laws: Chinchilla L(N, D), saturating L(x) = E + A·x^(−α) and the pure
+Kaplan form L(x) = A·x^(−α), for x in {N, D, C}. All are fitted by ``analysis.lse_fit``
+(Huber in log space, L-BFGS from a grid), with a bootstrap over points for intervals.
+
+Bootstrap: K resamples of the points (multinomial weights, seeded). Each refit is
+warm-started from the full-data optimum, run in parallel over the machine's cores. Warm
+starts are checked: on a sample of resamples the full grid is run too, and the two must
+reach the same objective (reported in ``diagnostics.bootstrap_check``).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis import lse_fit
+from analysis.points import AnalysisError, Points
+from analysis.results import FitResult, Interval, interval_warnings, r2_log
+
+
+@dataclass(frozen=True)
+class LawSpec:
+    name: str
+    variables: tuple[str, ...]  # columns of Points.frame: "N", "D", "C"
+    with_e: bool
+
+    @property
+    def param_names(self) -> list[str]:
+        names = ["E"] if self.with_e else []
+        pairs = (("A", "alpha"), ("B", "beta"))  # matches lse_fit's [e, a1, α1, a2, α2]
+        for i, _ in enumerate(self.variables):
+            names += list(pairs[i])
+        return names
+
+
+LAWS = {
+    "chinchilla": LawSpec("chinchilla", ("N", "D"), True),
+    **{f"power_{v}": LawSpec(f"power_{v}", (v,), True) for v in "NDC"},
+    **{f"kaplan_{v}": LawSpec(f"kaplan_{v}", (v,), False) for v in "NDC"},
+}
+
+
+def natural(spec: LawSpec, p: np.ndarray) -> dict[str, float]:
+    """Log-space parameters (e, a, α, b, β) to the law's own (E, A, α, B, β)."""
+    out, i = {}, 0
+    for name in spec.param_names:
+        is_exponent = name in ("alpha", "beta")
+        out[name] = float(p[i]) if is_exponent else float(np.exp(p[i]))
+        i += 1
+    return out
+
+
+def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: int = 0,
+                predict: list[dict] | None = None, top_k: int | None = 32,
+                check_resamples: int = 4, workers: int | None = None, warm: bool = True,
+                held_out: bool = True) -> FitResult:
+    df = points.frame
+    n_params = len(spec.param_names)
+    if len(df) < n_params + 1:
+        raise AnalysisError(f"{spec.name}: {len(df)} usable point(s); the law has {n_params} "
+                            f"parameters and needs at least {n_params + 1}")
+    logx = np.log(df[list(spec.variables)].to_numpy(float))
+    logy = np.log(df["loss"].to_numpy(float))
+    gf = lse_fit.fit_from_grid(logx, logy, spec.with_e, top_k=top_k)
+    best = gf.best.params
+    samples, check = None, None
+    if bootstrap > 0:
+        samples, check = _bootstrap(logx, logy, spec.with_e, best, bootstrap, seed, top_k,
+                                    check_resamples, workers, warm)
+    values = natural(spec, best)
+    nat_samples = None if samples is None else np.array([list(natural(spec, s).values()) for s in samples])
+    params = {name: Interval.from_samples(values[name], None if nat_samples is None else nat_samples[:, i])
+              for i, name in enumerate(spec.param_names)}
+    result = FitResult(spec.name, len(df), points.dropped, params,
+                       r2_log=r2_log(logy, lse_fit.predict_log(best, logx, spec.with_e)),
+                       warnings=list(points.warnings))
+    result.diagnostics = {
+        "objective": gf.best.objective, "starts_total": gf.starts_total,
+        "starts_optimized": gf.starts_optimized, "starts_at_best": gf.starts_at_best,
+        "residuals_log": (logy - lse_fit.predict_log(best, logx, spec.with_e)).tolist(),
+        "held_out": _held_out(spec, df, logx, logy, top_k) if held_out else None,
+    }
+    if check is not None:
+        result.diagnostics["bootstrap_check"] = check
+        if check["same_optimum"] < check["sampled"]:
+            result.warnings.append(
+                f"warm-started bootstrap refits missed the grid optimum on {check['sampled'] - check['same_optimum']}"
+                f" of {check['sampled']} checked resamples: intervals may be too narrow")
+    if spec.name == "chinchilla":
+        result.derived = _allocation(best, samples)
+    result.warnings += _identifiability(spec, df, best) + interval_warnings(params)
+    for target in predict or []:
+        result.predictions.append(_predict(spec, df, best, samples, target))
+    return result
+
+
+def _held_out(spec, df, logx, logy, top_k) -> dict | None:
+    """Refit without the largest-compute points (the top 10%, at least one) and report the
+    error of predicting them: how well the law extrapolates in this very data set."""
+    n_out = max(1, len(df) // 10)
+    order = np.argsort(df["C"].to_numpy(float))
+    train, test = order[:-n_out], order[-n_out:]
+    if len(train) < len(spec.param_names) + 2:
+        return None
+    gf = lse_fit.fit_from_grid(logx[train], logy[train], spec.with_e, top_k=top_k)
+    err = lse_fit.predict_log(gf.best.params, logx[test], spec.with_e) - logy[test]
+    return {"n_held_out": int(n_out), "min_C_held_out": float(df["C"].iloc[test].min()),
+            "mean_abs_log_error": float(np.abs(err).mean()),
+            "max_abs_rel_error": float(np.abs(np.expm1(err)).max())}
+
+
+def _allocation(best: np.ndarray, samples: np.ndarray | None) -> dict[str, Interval]:
+    """Compute-optimal allocation from (e, a, α, b, β): a = β/(α+β), b = α/(α+β),
+    G = (αA / (βB))^(1/(α+β)); N_opt = G·(C/6)^a, D_opt = (C/6)^b / G."""
+
+    def derive(p):
+        _, la, alpha, lb, beta = p
+        s = alpha + beta
+        if alpha <= 0 or beta <= 0:
+            return np.array([beta / s, alpha / s, np.nan])
+        log_g = (np.log(alpha) + la - np.log(beta) - lb) / s  # in log space: A, B can be huge
+        return np.array([beta / s, alpha / s, np.exp(np.clip(log_g, -700, 700))])
+
+    value = derive(best)
+    draws = None if samples is None else np.array([derive(s) for s in samples])
+    return {name: Interval.from_samples(value[i], None if draws is None else draws[:, i])
+            for i, name in enumerate(("a", "b", "G"))}
+
+
+def _identifiability(spec: LawSpec, df, best: np.ndarray) -> list[str]:
+    out = []
+    for var in spec.variables:
+        distinct = df[var].nunique()
+        if distinct < 3:
+            out.append(f"only {distinct} distinct {var}: the {var} exponent is not identified "
+                       "(needs at least 3, better 5)")
+    if spec.name == "chinchilla" and "budget" in df and df["budget"].nunique() == 1:
+        out.append("all points are at one compute budget: N and D move together and the "
+                   "N and D terms are confounded")
+    nat = natural(spec, best)
+    for name in ("alpha", "beta"):
+        if name in nat:
+            if nat[name] <= 0:
+                out.append(f"{name} = {nat[name]:.3g} <= 0: the loss does not fall with that variable here")
+            elif nat[name] >= max(lse_fit.GRID_ALPHA):
+                out.append(f"{name} = {nat[name]:.3g} is at or beyond the edge of the initial grid "
+                           f"(max {max(lse_fit.GRID_ALPHA)})")
+    if spec.with_e and not lse_fit.GRID_E[0] - 2 < best[0] < lse_fit.GRID_E[-1] + 2:
+        out.append(f"E = {np.exp(best[0]):.3g} lies far outside the grid of initial values")
+    return out
+
+
+def _predict(spec: LawSpec, df, best, samples, target: dict) -> dict:
+    """Loss at a target. ``target`` holds some of N, D, C. For Chinchilla a C alone is
+    split compute-optimally (C = 6·N·D); extrapolation = the largest ratio of a target to
+    the largest value of that variable in the data."""
+    point = {k: float(v) for k, v in target.items()}
+    if spec.name == "chinchilla" and set(point) == {"C"}:
+        alloc = _allocation(best, None)
+        a, b, g = alloc["a"].value, alloc["b"].value, alloc["G"].value
+        point["N"], point["D"] = g * (point["C"] / 6) ** a, (point["C"] / 6) ** b / g
+        point["tokens_per_param"] = point["D"] / point["N"]  # of the compute-optimal split
+    if "C" not in point and {"N", "D"} <= set(point):
+        point["C"] = 6 * point["N"] * point["D"]
+    missing = [v for v in spec.variables if v not in point]
+    if missing:
+        raise AnalysisError(f"--predict for {spec.name} needs {', '.join(missing)} (got {', '.join(target)})")
+    logx = np.log([[point[v] for v in spec.variables]])
+    value = float(np.exp(lse_fit.predict_log(best, logx, spec.with_e)[0]))
+    draws = None if samples is None else np.exp(lse_fit.predict_log(samples, logx, spec.with_e)[:, 0])
+    reach = {v: point[v] / float(df[v].max()) for v in ("N", "D", "C") if v in point and v in df}
+    out = {**point, "loss": Interval.from_samples(value, draws), "extrapolation": max(reach.values()),
+           "extrapolation_by_axis": reach}
+    return out
+
+
+# --- bootstrap ------------------------------------------------------------------------------
+
+def _bootstrap(logx, logy, with_e, best, k, seed, top_k, check_resamples, workers, warm=True):
+    rng = np.random.default_rng(seed)
+    n = len(logy)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=k).astype(float)
+    scale = lse_fit.objective(best, logx, logy, with_e)[0]
+    workers = workers or os.cpu_count() or 1
+    chunks = np.array_split(np.arange(k), workers)
+    x0 = best if warm else None  # None: every resample from the grid (the slow, cold way)
+    jobs = [(logx, logy, with_e, x0, weights[c], scale, top_k) for c in chunks]
+    if workers > 1 and k >= 64:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(_refit_chunk, jobs))
+    else:
+        parts = [_refit_chunk(job) for job in jobs]
+    samples = np.concatenate(parts)
+    if not check_resamples:
+        return samples, None
+    check = _check_warm_starts(logx, logy, with_e, weights[:check_resamples], samples[:check_resamples], top_k)
+    return samples, check
+
+
+def _refit_chunk(args) -> np.ndarray:
+    logx, logy, with_e, x0, weights, scale, top_k = args
+    if x0 is None:
+        return np.array([_cold_fit(logx, logy, with_e, w, top_k).params for w in weights])
+    return np.array([lse_fit.optimize(x0, logx, logy, with_e, w, scale).params for w in weights])
+
+
+def _cold_fit(logx, logy, with_e, w, top_k) -> lse_fit.Optimum:
+    idx = np.repeat(np.arange(len(w)), w.astype(int))
+    return lse_fit.fit_from_grid(logx[idx], logy[idx], with_e, top_k=top_k).best
+
+
+def _check_warm_starts(logx, logy, with_e, weights, warm, top_k) -> dict:
+    same = 0
+    for w, p in zip(weights, warm):
+        cold = _cold_fit(logx, logy, with_e, w, top_k).objective
+        warm_obj = lse_fit.objective(p, logx, logy, with_e, w)[0]
+        same += warm_obj <= cold * (1 + 1e-6) + 1e-15
+    return {"sampled": len(weights), "same_optimum": int(same)}

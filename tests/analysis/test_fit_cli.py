@@ -1,0 +1,73 @@
+"""``scalinglab fit``: tables in, one JSON document or a readable summary out; bad input exits 2."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cluster.cli import main
+from tests.analysis.test_laws import chinchilla_points
+
+
+@pytest.fixture
+def points_csv(tmp_path):
+    df = chinchilla_points(0, 0.0025).rename(columns={"n_params": "params", "final_loss": "loss"})
+    df.loc[0, "loss"] = np.nan
+    df.loc[1, "params"] = -5
+    path = tmp_path / "points.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_fit_json_is_one_document_in_the_documented_shape(points_csv, capsys):
+    code = main(["fit", str(points_csv), "--law", "chinchilla", "--n-col", "params", "--d-col", "tokens",
+                 "--loss-col", "loss", "--predict", "N=1e11,D=2e12", "--predict", "C=1e24",
+                 "--bootstrap", "40", "--format", "json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    doc = json.loads(out)  # exactly one JSON document on stdout
+    (fit,) = doc["fits"]
+    assert fit["law"] == "chinchilla" and fit["n_points"] == 34 and fit["dropped"] == 2
+    assert set(fit["params"]) == {"E", "A", "B", "alpha", "beta"}
+    assert set(fit["derived"]) >= {"a", "b"}
+    for iv in fit["params"].values():
+        assert set(iv) == {"value", "low", "high"} and iv["low"] <= iv["value"] <= iv["high"]
+    assert 0.9 < fit["r2_log"] <= 1
+    first, second = fit["predictions"]
+    assert first["N"] == 1e11 and first["D"] == 2e12 and first["C"] == pytest.approx(1.2e24)
+    # the largest ratio over the axes: C = 1.2e24 against 6e22 in the data (N alone: 10x)
+    assert first["extrapolation"] == pytest.approx(20.0) and first["extrapolation_by_axis"]["N"] == pytest.approx(10.0)
+    assert set(first["loss"]) == {"value", "low", "high"}
+    assert second["C"] == 1e24 and "N" in second
+    assert "dropped 2 row(s)" in err  # warnings go to stderr
+
+
+def test_fit_default_laws_and_text_summary(points_csv, capsys):
+    code = main(["fit", str(points_csv), "--n-col", "params", "--loss-col", "loss", "--bootstrap", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for law in ("chinchilla:", "power_N:", "power_D:", "kaplan_C:"):
+        assert law in out
+    assert "alpha" in out and "held-out" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n-col", "nope"], "missing column(s) 'nope' (N)"),
+    (["--law", "quadratic"], "unknown law"),
+    (["--predict", "X=3"], "expected comma-separated"),
+])
+def test_fit_bad_input_exits_2_with_one_line(points_csv, capsys, args, message):
+    code = main(["fit", str(points_csv), "--loss-col", "loss", "--n-col", "params", *args, "--bootstrap", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_fit_rejects_non_numeric_and_missing_files(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"n_params": ["a", "b"], "tokens": [1, 2], "final_loss": [1, 2]}).to_csv(bad, index=False)
+    assert main(["fit", str(bad)]) == 2
+    assert "not numeric" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "none.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
