@@ -75,7 +75,9 @@ def identifiable(law: str, points: Points) -> str | None:
         groups = df.groupby(budgets_of(df))["N"].nunique()
         return None if (groups >= 3).sum() >= 2 else "needs >= 2 compute budgets with >= 3 sizes each"
     if law == "envelope":
-        return None if points.evals is not None and "trial_id" in df else "needs per-evaluation rows"
+        if points.evals is None or "trial_id" not in df or df["trial_id"].nunique() < 2:
+            return "needs per-evaluation rows of at least 2 completed trials"
+        return None
     sub, _ = subset_for(law, df)
     var = law.split("_")[-1]
     need = 4 if LAWS[law].with_e else 3

@@ -39,10 +39,6 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
 class ResultsStore:
     def __init__(self, uri: str) -> None:
         self.uri = storage_uri(uri)

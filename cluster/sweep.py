@@ -193,7 +193,9 @@ def summary_table(trials: pd.DataFrame) -> str:
         lines.append(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
     bad = trials[trials["status"] != "completed"]
     for row in bad.itertuples():
-        lines.append(f"{row.status}: {row.trial_id}: {row.error or '(no error recorded)'}")
+        why = row.error or ("continue with --resume" if row.status in ("interrupted", "pending", "running")
+                            else "(no error recorded)")
+        lines.append(f"{row.status}: {row.trial_id}: {why}")
     return "\n".join(lines)
 
 

@@ -24,12 +24,11 @@ of what larger ones see, and worker r of W takes rows r, r+W, … of each global
 from __future__ import annotations
 
 import hashlib
-import sys
 import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -268,9 +267,3 @@ def validation_batches(stream: np.ndarray, n_tokens: int, seq_len: int, batch_si
     windows = stream[starts]
     return [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
 
-
-def describe_stream(data: TokenData) -> str:
-    return (
-        f"{len(data.train):,} training and {len(data.validation):,} validation tokens, "
-        f"vocab {data.vocab}, python {sys.version_info.major}.{sys.version_info.minor}"
-    )
