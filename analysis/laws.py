@@ -148,8 +148,12 @@ def _identifiability(spec: LawSpec, df, best: np.ndarray) -> list[str]:
             elif nat[name] >= max(lse_fit.GRID_ALPHA):
                 out.append(f"{name} = {nat[name]:.3g} is at or beyond the edge of the initial grid "
                            f"(max {max(lse_fit.GRID_ALPHA)})")
-    if spec.with_e and not lse_fit.GRID_E[0] - 2 < best[0] < lse_fit.GRID_E[-1] + 2:
-        out.append(f"E = {np.exp(best[0]):.3g} lies far outside the grid of initial values")
+    if spec.with_e and best[0] < lse_fit.GRID_E[0] - 2:
+        out.append(f"E = {np.exp(best[0]):.3g} ran to zero: the data show no irreducible loss in this "
+                   "range, so E is not identified and its interval means nothing (the fit has no "
+                   "gradient in E there); try the form without E or data closer to saturation")
+    elif spec.with_e and best[0] > lse_fit.GRID_E[-1] + 2:
+        out.append(f"E = {np.exp(best[0]):.3g} lies far above the grid of initial values")
     return out
 
 
