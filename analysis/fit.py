@@ -98,7 +98,11 @@ def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None
     unknown = [law for law in laws or [] if law not in ALL_LAWS]
     if unknown:
         raise AnalysisError(f"unknown law(s) {unknown}; expected some of {ALL_LAWS}")
-    need = ("N", "D", "loss") if c_col not in _columns(source) else ("loss",)
+    # N and D are required when named explicitly, or when there is no compute column to fit
+    # against; a table of published (C, loss) points alone needs neither.
+    has_c = c_col in _columns(source)
+    need = tuple(key for key, col, default in (("N", n_col, "n_params"), ("D", d_col, "tokens"))
+                 if col != default or not has_c) + ("loss",)
     points = load_points(source, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, need=need)
     for w in points.warnings:
         log(f"warning: {w}")

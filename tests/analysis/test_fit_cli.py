@@ -64,6 +64,17 @@ def test_fit_bad_input_exits_2_with_one_line(points_csv, capsys, args, message):
     assert message in err[-1] and "Traceback" not in "\n".join(err)
 
 
+def test_a_compute_only_table_fits_the_compute_laws_and_a_named_column_must_exist(tmp_path, capsys):
+    c = np.geomspace(1e15, 1e20, 8)
+    table = tmp_path / "published.csv"
+    pd.DataFrame({"flops": c, "final_loss": 2.0 + 30 * c ** -0.1}).to_csv(table, index=False)
+    assert main(["fit", str(table), "--bootstrap", "0", "--format", "json"]) == 0
+    laws = [f["law"] for f in json.loads(capsys.readouterr().out)["fits"]]
+    assert laws == ["power_C", "kaplan_C"]
+    assert main(["fit", str(table), "--n-col", "params", "--bootstrap", "0"]) == 2
+    assert "missing column(s) 'params' (N)" in capsys.readouterr().err
+
+
 def test_fit_rejects_non_numeric_and_missing_files(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"n_params": ["a", "b"], "tokens": [1, 2], "final_loss": [1, 2]}).to_csv(bad, index=False)
