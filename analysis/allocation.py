@@ -100,30 +100,33 @@ def fit_envelope(points: Points, *, bootstrap: int = 1000, seed: int = 0, bins: 
     if len(ids) < 2:
         raise AnalysisError("envelope: needs the evaluation curves of at least 2 trials")
     grid = np.geomspace(curves["flops"].min(), curves["flops"].max(), bins)
+    # Each trial's log-loss curve on the log-C grid, once (inf outside its range): a
+    # bootstrap resample of trials is then a minimum over rows, not a new interpolation.
+    log_grid = np.log(grid)
+    log_curves = np.full((len(ids), len(grid)), np.inf)
+    for row, (tid, cur) in enumerate(curves.groupby("trial_id", sort=False)):
+        cur = cur.sort_values("flops")
+        x, y = np.log(cur["flops"].to_numpy()), np.log(cur["value"].to_numpy())
+        inside = (log_grid >= x.min()) & (log_grid <= x.max())
+        log_curves[row, inside] = np.interp(log_grid[inside], x, y)
+    sizes = trial_n.loc[ids].to_numpy(float)
 
-    def envelope(trials):
-        best = np.full(len(grid), np.inf)
-        best_n = np.full(len(grid), np.nan)
-        for tid in trials:
-            cur = curves[curves["trial_id"] == tid].sort_values("flops")
-            x, y = np.log(cur["flops"].to_numpy()), np.log(cur["value"].to_numpy())
-            inside = (np.log(grid) >= x.min()) & (np.log(grid) <= x.max())
-            yi = np.full(len(grid), np.inf)
-            yi[inside] = np.interp(np.log(grid[inside]), x, y)
-            better = yi < best
-            best[better], best_n[better] = yi[better], trial_n[tid]
+    def envelope(rows):
+        sub = log_curves[rows]
+        first_best = sub.argmin(axis=0)  # the first trial at the minimum, as a scan would keep
+        best = sub[first_best, np.arange(len(grid))]
         ok = np.isfinite(best)
-        return grid[ok], np.exp(best[ok]), best_n[ok]
+        return grid[ok], np.exp(best[ok]), sizes[rows][first_best][ok]
 
-    def exponents(trials):
-        c, loss, n = envelope(trials)
+    def exponents(rows):
+        c, loss, n = envelope(rows)
         alpha, log_a = _exponent(c, loss)
         a = _exponent(c, n)[0] if len(np.unique(n)) >= 3 else np.nan
         return -alpha, np.exp(log_a), a, (c, loss, n)
 
-    alpha, coeff, a, (c, loss, n) = exponents(ids)
+    alpha, coeff, a, (c, loss, n) = exponents(np.arange(len(ids)))
     rng = np.random.default_rng(seed)
-    draws = np.array([exponents(rng.choice(ids, size=len(ids)))[:3] for _ in range(bootstrap)]) if bootstrap else None
+    draws = np.array([exponents(rng.choice(len(ids), size=len(ids)))[:3] for _ in range(bootstrap)]) if bootstrap else None
     col = (lambda i: None if draws is None else draws[:, i])
     params = {"A": Interval.from_samples(coeff, col(1)), "alpha": Interval.from_samples(alpha, col(0))}
     derived = {}

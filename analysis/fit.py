@@ -14,14 +14,13 @@ N, L(C) to the compute frontier (points with a lower loss than every point of le
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis.allocation import budgets_of, fit_envelope, fit_isoflop
 from analysis.laws import LAWS, fit_lse_law
-from analysis.points import AnalysisError, Points, load_points
+from analysis.points import AnalysisError, Points, load_points, read_table
 from analysis.results import FitResult
 
 ALL_LAWS = ["chinchilla", "power_N", "power_D", "power_C", "kaplan_N", "kaplan_D", "kaplan_C",
@@ -78,11 +77,11 @@ def identifiable(law: str, points: Points) -> str | None:
         if points.evals is None or "trial_id" not in df or df["trial_id"].nunique() < 2:
             return "needs per-evaluation rows of at least 2 completed trials"
         return None
-    sub, _ = subset_for(law, df)
+    sub, described = subset_for(law, df)
     var = law.split("_")[-1]
     need = 4 if LAWS[law].with_e else 3
     if sub[var].nunique() < 3 or len(sub) < need:
-        return f"needs >= 3 distinct {var} and >= {need} points in {subset_for(law, df)[1]}"
+        return f"needs >= 3 distinct {var} and >= {need} points in {described}"
     return None
 
 
@@ -100,10 +99,12 @@ def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None
         raise AnalysisError(f"unknown law(s) {unknown}; expected some of {ALL_LAWS}")
     # N and D are required when named explicitly, or when there is no compute column to fit
     # against; a table of published (C, loss) points alone needs neither.
-    has_c = c_col in _columns(source)
+    table, evals = (source, None) if isinstance(source, pd.DataFrame) else read_table(source)
+    has_c = c_col in table.columns
     need = tuple(key for key, col, default in (("N", n_col, "n_params"), ("D", d_col, "tokens"))
                  if col != default or not has_c) + ("loss",)
-    points = load_points(source, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, need=need)
+    points = load_points(table, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, need=need)
+    points.evals = evals
     for w in points.warnings:
         log(f"warning: {w}")
     targets = [parse_target(t) for t in predict or []]
@@ -139,20 +140,6 @@ def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None
 def _can_predict(variables, target, law) -> bool:
     have = set(target) | ({"C"} if {"N", "D"} <= set(target) else set())
     return set(variables) <= have or (law == "chinchilla" and "C" in target)
-
-
-def _columns(source) -> set[str]:
-    if isinstance(source, pd.DataFrame):
-        return set(source.columns)
-    path = Path(source)
-    try:
-        if path.is_dir():
-            return set(pd.read_parquet(path / "trials.parquet").columns)
-        if path.suffix.lower() == ".csv":
-            return set(pd.read_csv(path, nrows=1).columns)
-        return set(pd.read_parquet(path).columns)
-    except Exception:
-        return set()  # load_points reports the real problem
 
 
 def summary(results: list[FitResult]) -> str:

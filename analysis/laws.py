@@ -74,13 +74,13 @@ def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: i
     nat_samples = None if samples is None else np.array([list(natural(spec, s).values()) for s in samples])
     params = {name: Interval.from_samples(values[name], None if nat_samples is None else nat_samples[:, i])
               for i, name in enumerate(spec.param_names)}
-    result = FitResult(spec.name, len(df), points.dropped, params,
-                       r2_log=r2_log(logy, lse_fit.predict_log(best, logx, spec.with_e)),
+    fitted = lse_fit.predict_log(best, logx, spec.with_e)
+    result = FitResult(spec.name, len(df), points.dropped, params, r2_log=r2_log(logy, fitted),
                        warnings=list(points.warnings))
     result.diagnostics = {
         "objective": gf.best.objective, "starts_total": gf.starts_total,
         "starts_optimized": gf.starts_optimized, "starts_at_best": gf.starts_at_best,
-        "residuals_log": (logy - lse_fit.predict_log(best, logx, spec.with_e)).tolist(),
+        "residuals_log": (logy - fitted).tolist(),
         "held_out": _held_out(spec, df, logx, logy, top_k) if held_out else None,
     }
     if check is not None:

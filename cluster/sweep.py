@@ -111,8 +111,8 @@ def _initial_tables(store: ResultsStore, spec: SweepSpec, trials: list[TrialConf
         )
     evals: list[dict] = []
     if store.exists("trials.parquet"):
+        keep = FINAL if not retry_failed else FINAL - {"failed"}
         for row in store.read_table("trials.parquet").to_dict("records"):
-            keep = FINAL if not retry_failed else FINAL - {"failed"}
             if row["trial_id"] in rows and row["status"] in keep:
                 rows[row["trial_id"]] = row
     if store.exists("evals.parquet"):
@@ -163,9 +163,9 @@ def _tuner(trials, uri, resume, retry_failed, verbose, finished, limit, max_fail
     )
 
 
-def fit_sweep(outcome: SweepOutcome, *, bootstrap: int = 200, seed: int = 0) -> str | None:
+def fit_sweep(outcome: SweepOutcome, *, bootstrap: int = 200, seed: int = 0) -> str:
     """Fit every law the sweep's completed trials identify; write ``fits.json`` beside the
-    tables and return the readable summary (None when no law is identifiable yet)."""
+    tables and return the readable summary, or a "no fit: …" line saying why not."""
     import json
 
     from analysis.fit import fit_laws, summary
