@@ -141,7 +141,7 @@ class TableRecorder(Callback):
 
 class ProgressPrinter(Callback):
     """Live progress on stderr: an event line per finished trial and a status line every
-    ``interval_s``: trials done/running/failed/pending, current losses, tokens/s, ETA."""
+    ``interval_s``: trials done/running/failed/pending, current losses, data units/s, ETA."""
 
     def __init__(self, rows: dict[str, dict], interval_s: float = 10.0, stream=sys.stderr) -> None:
         self.rows, self.interval_s, self.stream = rows, interval_s, stream
@@ -157,8 +157,10 @@ class ProgressPrinter(Callback):
         self.latest[trial_id] = result
         if result.get("done") and not result.get("replayed"):
             mark = "done" if result["status"] == "completed" else result["status"].upper()
-            self._say(f"{mark:>8} {trial_id}: loss {result.get('loss', float('nan')):.4f} nats/token, "
-                      f"{result.get('tokens_per_s', 0):,.0f} tokens/s, {result['elapsed_s']:.1f} s")
+            row = self.rows.get(trial_id, {})
+            self._say(f"{mark:>8} {trial_id}: loss {result.get('loss', float('nan')):.4f} "
+                      f"{row.get('loss_unit', 'nats/token')}, {result.get('tokens_per_s', 0):,.0f} "
+                      f"{row.get('data_unit', 'tokens')}/s, {result['elapsed_s']:.1f} s")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._say(f"  FAILED {_trial_id(trial)}: {error_summary(trial)}")
@@ -180,8 +182,9 @@ class ProgressPrinter(Callback):
                  f"ETA {_clock(eta) if eta is not None else '?'}"]
         for tid, res in running:
             if "loss" in res:
-                parts.append(f"{tid} {res['tokens']:.3g} tok loss {res['loss']:.3f} "
-                             f"{res.get('tokens_per_s', 0):,.0f} tok/s")
+                unit = "tok" if self.rows[tid].get("data_unit", "tokens") == "tokens" else "img"
+                parts.append(f"{tid} {res['tokens']:.3g} {unit} loss {res['loss']:.3f} "
+                             f"{res.get('tokens_per_s', 0):,.0f} {unit}/s")
         return " | ".join(parts)
 
     def eta_s(self, slots: int) -> float | None:

@@ -57,7 +57,8 @@ class ResultsStore:
         self.fs.create_dir(self.root, recursive=True)
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        tmp = self.path(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        folder, _, base = name.rpartition("/")
+        tmp = self.path(f"{folder + '/' if folder else ''}.{base}.tmp-{uuid.uuid4().hex[:8]}")
         with self.fs.open_output_stream(tmp) as out:
             out.write(data)
         self.fs.move(tmp, self.path(name))
@@ -85,7 +86,8 @@ def planned_row(cfg: TrialConfig, entropy_rate: float | None) -> dict:
         "error": "",
         "family": cfg.family,
         "data_unit": family.data_unit,
-        **{k: int(v) for k, v in cfg.shape.items()},
+        "loss_unit": family.loss_unit,
+        **{k: v if isinstance(v, str) else int(v) for k, v in cfg.shape.items()},
         "n_params": cfg.n_params,
         "total_params": cfg.total_params,
         "tokens": cfg.tokens,

@@ -180,7 +180,7 @@ def _tuner(trials, uri, resume, retry_failed, verbose, finished, limit, max_fail
     from cluster.monitor import Dispatch
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, train_storage=f"{uri.rstrip('/')}/{TRAIN_DIR}",
+        tune.with_parameters(run_trial, train_storage=f"{uri.rstrip('/')}/{TRAIN_DIR}", results_uri=uri,
                              verbose=verbose, finished=finished),
         resources_for,
     )
@@ -242,14 +242,16 @@ def report_sweep(outcome: SweepOutcome, fits: list, fit_error: str | None = None
 
 
 def summary_table(trials: pd.DataFrame) -> str:
-    """Final loss (nats per data unit) by N (rows) and D (columns), then failures."""
+    """Final loss (in the family's loss unit) by N (rows) and D (columns), then failures."""
     done = trials[trials["status"] == "completed"]
     lines = []
     if len(done):
         table = done.pivot_table(index="n_params", columns="tokens", values="final_loss", aggfunc="first")
         table.index = [f"N={n:.3g}" for n in table.index]
         table.columns = [f"D={d:.3g}" for d in table.columns]
-        lines.append("final held-out loss (nats/token) by model size N and tokens D:")
+        loss_unit = done["loss_unit"].iloc[0] if "loss_unit" in done else "nats/token"
+        data_unit = done["data_unit"].iloc[0] if "data_unit" in done else "tokens"
+        lines.append(f"final held-out loss ({loss_unit}) by model size N and {data_unit} D:")
         lines.append(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
     bad = trials[trials["status"] != "completed"]
     for row in bad.itertuples():

@@ -41,9 +41,10 @@ def resources_for(config: dict):
 
 
 def run_trial(config: dict, train_storage: str = "", verbose: bool = False,
-              finished: dict | None = None) -> None:
+              finished: dict | None = None, results_uri: str = "") -> None:
     """The Tune function trainable. ``finished`` maps trial ids already finished (in the
-    results table) to their final metrics, which are replayed instead of training again."""
+    results table) to their final metrics, which are replayed instead of training again.
+    Sample grids go to ``results_uri``/samples/<trial id>/ (nowhere when it is empty)."""
     cfg = TrialConfig.from_json(config[TRIAL_KEY])
     if finished and cfg.trial_id in finished:
         from ray import tune
@@ -55,12 +56,27 @@ def run_trial(config: dict, train_storage: str = "", verbose: bool = False,
         raise RuntimeError(f"injected failure ({FAULT_ENV}) in trial {cfg.trial_id}")
     _quiet_worker(verbose, cfg)
     if cfg.workers == 1:
-        _run_in_process(cfg)
+        _run_in_process(cfg, results_uri)
     else:
-        _run_torch_trainer(cfg, train_storage, verbose)
+        _run_torch_trainer(cfg, train_storage, verbose, results_uri)
 
 
-def _run_in_process(cfg: TrialConfig) -> None:
+def artifact_saver(results_uri: str, trial_id: str):
+    """``save(name, data)`` writing into the results store's ``samples/<trial_id>/``."""
+    if not results_uri:
+        return None
+    from cluster.results import ResultsStore
+
+    store = ResultsStore(results_uri)
+
+    def save(name: str, data: bytes) -> None:
+        store.fs.create_dir(store.path(f"samples/{trial_id}"), recursive=True)
+        store.write_bytes(f"samples/{trial_id}/{name}", data)
+
+    return save
+
+
+def _run_in_process(cfg: TrialConfig, results_uri: str) -> None:
     import ray
     import torch
     from ray import tune
@@ -79,17 +95,18 @@ def _run_in_process(cfg: TrialConfig) -> None:
         tune.report(metrics, checkpoint=ckpt)
 
     try:
+        save = artifact_saver(results_uri, cfg.trial_id)
         if restore is None:
-            run_worker(cfg, WorkerContext(0, 1, report, None, _node_id(ray)))
+            run_worker(cfg, WorkerContext(0, 1, report, None, _node_id(ray), save))
         else:
             with restore.as_directory() as path:
-                run_worker(cfg, WorkerContext(0, 1, report, path, _node_id(ray)))
+                run_worker(cfg, WorkerContext(0, 1, report, path, _node_id(ray), save))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _run_torch_trainer(cfg: TrialConfig, train_storage: str, verbose: bool) -> None:
+def _run_torch_trainer(cfg: TrialConfig, train_storage: str, verbose: bool, results_uri: str) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -97,7 +114,7 @@ def _run_torch_trainer(cfg: TrialConfig, train_storage: str, verbose: bool) -> N
     gpu = cfg.gpus_per_worker > 0
     trainer = TorchTrainer(
         train_loop_per_worker=_train_worker,
-        train_loop_config={TRIAL_KEY: cfg.to_json(), "verbose": verbose},
+        train_loop_config={TRIAL_KEY: cfg.to_json(), "verbose": verbose, "results_uri": results_uri},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.workers,
@@ -135,11 +152,12 @@ def _train_worker(loop_config: dict) -> None:
 
     restore = ray.train.get_checkpoint()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    save = artifact_saver(loop_config.get("results_uri", ""), cfg.trial_id) if rank == 0 else None
     if restore is None:
-        run_worker(cfg, WorkerContext(rank, world, report, None, _node_id(ray)))
+        run_worker(cfg, WorkerContext(rank, world, report, None, _node_id(ray), save))
     else:
         with restore.as_directory() as path:
-            run_worker(cfg, WorkerContext(rank, world, report, path, _node_id(ray)))
+            run_worker(cfg, WorkerContext(rank, world, report, path, _node_id(ray), save))
 
 
 def _quiet_worker(verbose: bool, cfg: TrialConfig) -> None:

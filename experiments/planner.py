@@ -1,9 +1,12 @@
 """Budget planner: a SweepSpec becomes a list of TrialConfigs (one per Ray Tune trial).
 
-Accounting per trial: tokens per optimizer step = batch_size · seq_len; steps =
-floor(planned tokens / tokens per step); D = steps · tokens per step (the tokens actually
-trained, never more than planned); C = D · training FLOPs per token of the model (analytic,
-see the family). Everything that could make a trial impossible is checked here, before
+Accounting per trial, in the family's data unit (tokens for language models, samples for
+image families): units per optimizer step = batch_size · seq_len (tokens) or batch_size
+(samples); steps = floor(planned units / units per step); D = steps · units per step (the
+data actually trained on, never more than planned); C = D · training FLOPs per unit of the
+model (analytic for the transformer, measured by FlopCounterMode for image families).
+The fields named ``tokens`` (``tokens``, ``flops_per_token``) hold D and FLOPs per unit in
+whichever unit ``data_unit`` names. Everything that could make a trial impossible is checked here, before
 anything launches, and reported against the spec's file, line and field.
 """
 
@@ -29,10 +32,10 @@ class TrialConfig:
     trial_id: str
     sweep: str
     family: str
-    shape: dict[str, int]
+    shape: dict[str, Any]  # the family's shape fields (ints, and strings for options)
     n_params: int  # the scaling N
     total_params: int
-    tokens: int  # D actually trained: steps * batch_size * seq_len
+    tokens: int  # D actually trained, in data units: steps * units per step
     tokens_planned: float
     steps: int
     flops_per_token: float
@@ -47,6 +50,8 @@ class TrialConfig:
     validation_tokens: int
     training: TrainingSpec
     data: DataSpec
+    data_unit: str = "tokens"  # what ``tokens`` counts: "tokens" or "samples"
+    sample_grid: int = 0  # images per sample grid saved at the end (image families)
 
     @property
     def seed(self) -> int:
@@ -54,7 +59,8 @@ class TrialConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.training.batch_size * self.training.seq_len
+        """Data units per optimizer step (all workers)."""
+        return units_per_step(self.training, self.data_unit)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -76,13 +82,13 @@ def plan(spec: SweepSpec, located: Located) -> list[TrialConfig]:
     at the end: shorter ones fill in around them). Raises UserError on impossible ones."""
     _check_global(spec, located)
     family = get_family(spec.family)
-    vocab = vocab_size(spec.data)
-    shapes = [_shape(spec, i, size, vocab, located) for i, size in enumerate(spec.model.sizes)]
+    context = _data_context(spec, family)
+    shapes = [_shape(spec, i, size, context, located) for i, size in enumerate(spec.model.sizes)]
     trials: list[TrialConfig] = []
     for i, (size, shape) in enumerate(zip(spec.model.sizes, shapes)):
         fpt = family.flops_per_unit(shape)
         if spec.budgets.kind == "grid":
-            budgets = [(j, tokens, None) for j, tokens in enumerate(spec.budgets.tokens)]
+            budgets = [(j, units, None) for j, units in enumerate(spec.budgets.data)]
         else:
             budgets = [(j, c / fpt, c) for j, c in enumerate(spec.budgets.flops)]
         for j, tokens_planned, c in budgets:
@@ -91,9 +97,26 @@ def plan(spec: SweepSpec, located: Located) -> list[TrialConfig]:
     return sorted(trials, key=lambda t: (-t.flops, t.trial_id))
 
 
+IMAGE_SOURCES = ("digits", "procedural", "images", "hub")
+TOKEN_SOURCES = ("stdlib", "synthetic", "files", "hub")
+
+
+def units_per_step(training: TrainingSpec, data_unit: str) -> int:
+    return training.batch_size * (training.seq_len if data_unit == "tokens" else 1)
+
+
 def _check_global(spec: SweepSpec, located: Located) -> None:
     if spec.family not in family_names():
         raise located.error(("family",), f"unknown model family; expected one of {family_names()}")
+    unit = get_family(spec.family).data_unit
+    if spec.budgets.kind == "grid" and not getattr(spec.budgets, unit):
+        other = "samples" if unit == "tokens" else "tokens"
+        raise located.error(("budgets", other),
+                            f"family {spec.family!r} counts data in {unit}: give budgets.{unit}")
+    sources = TOKEN_SOURCES if unit == "tokens" else IMAGE_SOURCES
+    if spec.data.source not in sources:
+        raise located.error(("data", "source"),
+                            f"family {spec.family!r} trains on {unit}; expected one of {list(sources)}")
     res, ds = spec.resources, spec.deepspeed
     if ds.precision == "fp16" and res.gpus_per_worker == 0:
         raise located.error(
@@ -102,34 +125,51 @@ def _check_global(spec: SweepSpec, located: Located) -> None:
         )
 
 
-def _shape(spec: SweepSpec, i: int, size: SizeSpec, vocab: int, located: Located) -> Any:
+def _data_context(spec: SweepSpec, family) -> dict[str, Any]:
+    """Shape fields that the data fix: context and vocabulary, or image size and channels."""
+    if family.data_unit == "tokens":
+        return {"context": spec.training.seq_len, "vocab": vocab_size(spec.data)}
+    return {"image_size": spec.data.image_size, "channels": spec.data.channels}
+
+
+def _shape(spec: SweepSpec, i: int, size: SizeSpec, context: dict, located: Located) -> Any:
     family = get_family(spec.family)
-    context = spec.training.seq_len
+    fields = {f.name for f in dataclasses.fields(family.shape_type)}
+    options = spec.model.options()
+    for name in options:
+        if name not in fields:
+            key = {"schedule": "noise_schedule"}.get(name, name)
+            raise located.error(("model", key), f"family {spec.family!r} has no option {key!r}")
+    explicit = size.shape_fields()
+    unknown = sorted(set(explicit) - fields)
+    if unknown:
+        expected = sorted(fields - set(context) - set(options) - {"backbone", "schedule", "likelihood",
+                                                                  "iw_samples", "timesteps"})
+        raise located.error(("model", "sizes", i, unknown[0]),
+                            f"not a shape field of family {spec.family!r}; expected {expected}")
     try:
         if size.params is not None:
             return family.shape_from_params(
                 int(size.params),
                 aspect_ratio=spec.model.aspect_ratio,
                 head_dim=spec.model.head_dim,
-                context=context,
-                vocab=vocab,
+                **context,
+                **options,
             )
-        return family.shape_type(
-            d_model=size.d_model,
-            n_layers=size.n_layers,
-            n_heads=size.n_heads,
-            context=context,
-            vocab=vocab,
-        )
-    except ValueError as exc:
-        raise located.error(("model", "sizes", i), str(exc)) from None
+        return family.shape_type(**explicit, **context, **options)
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        if isinstance(exc, TypeError) and "missing" in message:  # a required shape field left out
+            message = f"family {spec.family!r} needs {message.split('argument', 1)[-1].strip(': ')}"
+        raise located.error(("model", "sizes", i), message) from None
 
 
 def _trial(spec, located, family, size, shape, i, j, tokens_planned, c) -> TrialConfig:
     tr, res = spec.training, spec.resources
     workers = size.workers or res.workers
-    per_step = tr.batch_size * tr.seq_len
-    budget_field = ("budgets", "tokens" if c is None else "flops", j)
+    unit = family.data_unit
+    per_step = units_per_step(tr, unit)
+    budget_field = ("budgets", unit if c is None else "flops", j)
     if tr.batch_size % workers:
         raise located.error(
             ("model", "sizes", i),
@@ -137,21 +177,24 @@ def _trial(spec, located, family, size, shape, i, j, tokens_planned, c) -> Trial
         )
     steps = int(tokens_planned // per_step)
     if steps < 1:
-        what = f"{tokens_planned:.4g} tokens" if c is None else (
-            f"compute {c:.4g} FLOPs buys only {tokens_planned:.4g} tokens for size {i} "
-            f"({family.flops_per_unit(shape):.4g} FLOPs/token): the model is too large for it"
+        what = f"{tokens_planned:.4g} {unit}" if c is None else (
+            f"compute {c:.4g} FLOPs buys only {tokens_planned:.4g} {unit} for size {i} "
+            f"({family.flops_per_unit(shape):.4g} FLOPs per {unit[:-1]}): the model is too large for it"
         )
-        raise located.error(
-            budget_field,
-            f"{what}; one optimizer step needs {per_step} tokens "
-            f"(batch_size {tr.batch_size} x seq_len {tr.seq_len})",
-        )
-    val_seqs = spec.evaluation.validation_tokens // tr.seq_len
-    if val_seqs < workers:
-        raise located.error(
-            ("evaluation", "validation_tokens"),
-            f"needs at least one sequence of {tr.seq_len} tokens per worker ({workers} workers)",
-        )
+        step_units = f"batch_size {tr.batch_size} x seq_len {tr.seq_len}" if unit == "tokens" else "batch_size"
+        raise located.error(budget_field, f"{what}; one optimizer step needs {per_step} {unit} ({step_units})")
+    if unit == "tokens":
+        validation = spec.evaluation.validation_tokens
+        if validation // tr.seq_len < workers:
+            raise located.error(
+                ("evaluation", "validation_tokens"),
+                f"needs at least one sequence of {tr.seq_len} tokens per worker ({workers} workers)",
+            )
+    else:
+        validation = spec.evaluation.validation_samples
+        if validation < workers:
+            raise located.error(("evaluation", "validation_samples"),
+                                f"needs at least one image per worker ({workers} workers)")
     params = family.num_params(shape)
     tokens = steps * per_step
     fpt = family.flops_per_unit(shape)
@@ -174,9 +217,11 @@ def _trial(spec, located, family, size, shape, i, j, tokens_planned, c) -> Trial
         gpus_per_worker=res.gpus_per_worker,
         zero_stage=_zero_stage(spec, size, params.total),
         precision="fp32" if spec.deepspeed.precision == "auto" and res.gpus_per_worker == 0 else spec.deepspeed.precision,
-        validation_tokens=spec.evaluation.validation_tokens,
+        validation_tokens=validation,
         training=tr,
         data=spec.data,
+        data_unit=unit,
+        sample_grid=spec.evaluation.sample_grid if unit == "samples" else 0,
     )
 
 
@@ -215,7 +260,7 @@ def _dedupe_ids(trials: list[TrialConfig]) -> None:
     seen: dict[str, int] = {}
     for k, t in enumerate(trials):
         if t.trial_id in seen:
-            shape = "".join(f"{key[0]}{v}" for key, v in t.shape.items() if key != "vocab")
+            shape = get_family(t.family).shape_type(**t.shape).tag
             trials[k] = dataclasses.replace(t, trial_id=f"{t.trial_id}-{shape}")
         seen[trials[k].trial_id] = k
     if len(seen) != len(trials):
@@ -224,15 +269,16 @@ def _dedupe_ids(trials: list[TrialConfig]) -> None:
 
 def describe(trials: list[TrialConfig]) -> str:
     """The plan as a table: what --dry-run prints."""
-    head = f"{'trial':<28} {'shape':<22} {'N':>9} {'D':>9} {'C (FLOPs)':>10} {'steps':>6}  resources"
+    head = f"{'trial':<30} {'shape':<24} {'N':>9} {'D':>9} {'C (FLOPs)':>10} {'steps':>6}  resources"
     lines = [head, "-" * len(head)]
     for t in trials:
-        shape = f"d{t.shape.get('d_model')} L{t.shape.get('n_layers')} h{t.shape.get('n_heads')}"
+        shape = get_family(t.family).shape_type(**t.shape).tag
         res = f"{t.workers}x({t.cpus_per_worker:g} CPU, {t.gpus_per_worker:g} GPU) ZeRO-{t.zero_stage} {t.precision}"
         lines.append(
-            f"{t.trial_id:<28} {shape:<22} {t.n_params:>9.3g} {t.tokens:>9.3g} {t.flops:>10.3g} "
+            f"{t.trial_id:<30} {shape:<24} {t.n_params:>9.3g} {t.tokens:>9.3g} {t.flops:>10.3g} "
             f"{t.steps:>6}  {res}"
         )
     total = sum(t.flops for t in trials)
-    lines.append(f"{len(trials)} trials, total compute {total:.3g} FLOPs")
+    unit = trials[0].data_unit if trials else "tokens"
+    lines.append(f"{len(trials)} trials, total compute {total:.3g} FLOPs (D in {unit})")
     return "\n".join(lines)

@@ -17,34 +17,54 @@ from experiments.yamlio import Located, build, load_yaml
 
 @dataclass(frozen=True, kw_only=True)
 class SizeSpec:
-    """One model size: an explicit shape (``d_model``, ``n_layers``, ``n_heads``) or a target
-    scaling N (``params``) turned into a shape by the aspect-ratio rule. ``workers`` and
-    ``zero_stage`` override the sweep-wide values for this size."""
+    """One model size: a target scaling N (``params``, turned into a shape by the family's
+    rule) or an explicit shape in the family's own fields: ``d_model``, ``n_layers``,
+    ``n_heads`` (transformer; diffusion, with ``patch`` for the DiT), or ``width``, ``depth``,
+    ``latent`` (vae). ``workers`` and ``zero_stage`` override the sweep-wide values."""
 
     params: float | None = None
     d_model: int | None = None
     n_layers: int | None = None
     n_heads: int | None = None
+    patch: int | None = None
+    width: int | None = None
+    depth: int | None = None
+    latent: int | None = None
     workers: int | None = None
     zero_stage: Literal[0, 1, 2, 3] | None = None
 
     def __post_init__(self) -> None:
-        explicit = (self.d_model, self.n_layers, self.n_heads)
-        if self.params is not None and any(v is not None for v in explicit):
-            raise ValueError("give either params or d_model/n_layers/n_heads, not both")
-        if self.params is None and any(v is None for v in explicit):
-            raise ValueError("needs params, or all of d_model, n_layers and n_heads")
+        explicit = self.shape_fields()
+        if self.params is not None and explicit:
+            raise ValueError(f"give either params or the shape fields, not both (got params and {sorted(explicit)})")
+        if self.params is None and not explicit:
+            raise ValueError("needs params, or the family's shape fields (e.g. d_model, n_layers, n_heads)")
         if self.params is not None and self.params < 1:
             raise ValueError(f"params must be positive, got {self.params}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
+    def shape_fields(self) -> dict[str, int]:
+        """The explicit shape fields given (the family's shape type checks them)."""
+        names = ("d_model", "n_layers", "n_heads", "patch", "width", "depth", "latent")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
+    """``sizes`` plus options of the family's models: ``backbone`` (diffusion: dit or unet),
+    ``noise_schedule`` (diffusion: linear or cosine), ``likelihood`` (vae: gaussian, a
+    discretized Gaussian over 8-bit pixels, or bernoulli over binarized pixels) and
+    ``iw_samples`` (vae: k of the importance-weighted bound at evaluation). An option the
+    family does not have is an error; left out, the family's default applies."""
+
     sizes: tuple[SizeSpec, ...]
     aspect_ratio: int = 32  # d_model / n_layers for sizes given as params
     head_dim: int = 16  # d_model / n_heads for sizes given as params
+    backbone: Literal["dit", "unet"] | None = None
+    noise_schedule: Literal["linear", "cosine"] | None = None
+    likelihood: Literal["gaussian", "bernoulli"] | None = None
+    iw_samples: int | None = None
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -52,24 +72,38 @@ class ModelSpec:
         if self.aspect_ratio < 1 or self.head_dim < 1:
             raise ValueError("aspect_ratio and head_dim must be positive")
 
+    def options(self) -> dict[str, object]:
+        """The options given, under the names of the shape fields they set."""
+        named = {"backbone": self.backbone, "schedule": self.noise_schedule,
+                 "likelihood": self.likelihood, "iw_samples": self.iw_samples}
+        return {k: v for k, v in named.items() if v is not None}
+
 
 @dataclass(frozen=True, kw_only=True)
 class BudgetSpec:
-    """``grid``: every size × every token count. ``isoflop``: every size × every compute
-    budget, tokens = flops / (training FLOPs per token of the size)."""
+    """``grid``: every size × every data budget, in the family's data unit: ``tokens``
+    (language models) or ``samples`` (image families). ``isoflop``: every size × every
+    compute budget, D = flops / (training FLOPs per data unit of the size)."""
 
     kind: Literal["grid", "isoflop"] = "grid"
     tokens: tuple[float, ...] = ()
+    samples: tuple[float, ...] = ()
     flops: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        wanted, other = ("tokens", "flops") if self.kind == "grid" else ("flops", "tokens")
-        if not getattr(self, wanted):
-            raise ValueError(f"kind {self.kind!r} needs a list of {wanted}")
-        if getattr(self, other):
-            raise ValueError(f"kind {self.kind!r} takes {wanted}, not {other}")
-        if any(v <= 0 for v in getattr(self, wanted)):
-            raise ValueError(f"{wanted} must all be positive")
+        given = [k for k in ("tokens", "samples", "flops") if getattr(self, k)]
+        wanted = ["tokens", "samples"] if self.kind == "grid" else ["flops"]
+        if not any(k in given for k in wanted):
+            raise ValueError(f"kind {self.kind!r} needs a list of {' or '.join(wanted)}")
+        if len(given) > 1:
+            raise ValueError(f"give one list of budgets, not {' and '.join(given)}")
+        if any(v <= 0 for v in getattr(self, given[0])):
+            raise ValueError(f"{given[0]} must all be positive")
+
+    @property
+    def data(self) -> tuple[float, ...]:
+        """The grid's data budgets, whichever unit they were given in."""
+        return self.tokens or self.samples
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,11 +128,14 @@ class SyntheticSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSpec:
-    """Where tokens come from. ``source``: ``stdlib`` (the Python standard library's own
-    ``.py`` files, on every machine), ``synthetic``, ``files`` (text, JSONL or Parquet paths),
-    or ``hub`` (a Hugging Face dataset name, streamed; needs network)."""
+    """Where data come from. Tokens (``experiments.data``): ``stdlib`` (the default: the
+    Python standard library's own ``.py`` files, on every machine), ``synthetic``, ``files``
+    (text, JSONL or Parquet paths). Images (``experiments.image_data``): ``digits``
+    (scikit-learn's 8×8 digits), ``procedural`` (seeded shapes and textures, unlimited),
+    ``images`` (image folders or files, Parquet or Arrow with an image column). Both: ``hub``
+    (a Hugging Face dataset name, streamed; needs network)."""
 
-    source: Literal["stdlib", "synthetic", "files", "hub"] = "stdlib"
+    source: Literal["stdlib", "synthetic", "files", "hub", "digits", "procedural", "images"] = "stdlib"
     paths: tuple[str, ...] = ()
     name: str | None = None  # hub dataset name
     config: str | None = None  # hub dataset config
@@ -108,10 +145,20 @@ class DataSpec:
     validation_fraction: float = 0.05  # of documents, held out (seeded)
     max_bytes: int = 16_000_000  # cap on text read from stdlib/files (bytes)
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    # images
+    image_field: str = "image"  # the image column of Parquet/Arrow/hub data
+    image_size: int = 8  # pixels per side (every image must have it, unless resize)
+    channels: Literal[1, 3] = 1  # 1: greyscale, 3: RGB
+    resize: bool = False  # rescale images of another size (bilinear) instead of refusing them
+    procedural_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.source == "files" and not self.paths:
-            raise ValueError("source 'files' needs paths: a list of .txt, .jsonl or .parquet files")
+        if self.source in ("files", "images") and not self.paths:
+            raise ValueError(f"source {self.source!r} needs paths: a list of " + (
+                ".txt, .jsonl or .parquet files" if self.source == "files" else
+                "image folders, image files, .parquet or .arrow files"))
+        if self.image_size < 2:
+            raise ValueError(f"image_size must be at least 2, got {self.image_size}")
         if self.source == "hub" and not self.name:
             raise ValueError("source 'hub' needs name: a Hugging Face dataset name")
         if not 0 < self.validation_fraction < 0.5:
@@ -177,12 +224,16 @@ class ResourceSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalSpec:
-    validation_tokens: int = 32_768  # held-out tokens scored at every evaluation point
+    validation_tokens: int = 32_768  # held-out tokens scored at every evaluation point (LMs)
+    validation_samples: int = 512  # held-out images scored at every evaluation point
     points: int = 6  # log-spaced evaluation points per trial (the last is the end)
+    sample_grid: int = 16  # images per sample grid saved at the end of a trial (0: none)
 
     def __post_init__(self) -> None:
-        if self.validation_tokens < 1 or self.points < 1:
-            raise ValueError("validation_tokens and points must be at least 1")
+        if self.validation_tokens < 1 or self.validation_samples < 1 or self.points < 1:
+            raise ValueError("validation_tokens, validation_samples and points must be at least 1")
+        if self.sample_grid < 0:
+            raise ValueError("sample_grid must be 0 (none) or a number of images")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,21 +266,22 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, Located]:
 
 
 def _check_paths(spec: SweepSpec, located: Located) -> None:
-    if spec.data.source != "files":
+    if spec.data.source not in ("files", "images"):
         return
     base = Path(located.source).parent
+    found = Path.exists if spec.data.source == "images" else Path.is_file  # images: folders too
     for i, p in enumerate(spec.data.paths):
-        if not (Path(p).is_file() or (base / p).is_file()):
+        if not (found(Path(p)) or found(base / p)):
             raise located.error(("data", "paths", i), f"file not found: {p}")
 
 
 def resolve_data_paths(spec: SweepSpec, spec_path: str | Path) -> SweepSpec:
     """Make relative data paths absolute (relative to the spec file when they exist there)."""
-    if spec.data.source != "files":
+    if spec.data.source not in ("files", "images"):
         return spec
     base = Path(spec_path).resolve().parent
     paths = tuple(
-        str(Path(p).resolve()) if Path(p).is_file() else str((base / p).resolve())
+        str(Path(p).resolve()) if Path(p).exists() else str((base / p).resolve())
         for p in spec.data.paths
     )
     return dataclasses.replace(spec, data=dataclasses.replace(spec.data, paths=paths))

@@ -1,4 +1,4 @@
-"""The per-worker training loop: one DeepSpeed engine trains one model to its token budget.
+"""The per-worker training loop: one DeepSpeed engine trains one model to its data budget.
 
 It knows nothing of Ray: ``cluster.trial`` hands it a :class:`WorkerContext` whose
 ``report`` sends metrics (and a checkpoint directory) to Ray Tune or Ray Train, and whose
@@ -6,17 +6,20 @@ It knows nothing of Ray: ``cluster.trial`` hands it a :class:`WorkerContext` who
 must exist before ``run_worker`` is called (Ray Train makes it; ``cluster.trial`` makes a
 world-size-1 group for single-worker trials).
 
-Every evaluation point reports: ``step``, ``tokens`` (trained so far, all workers),
-``flops`` (tokens · FLOPs/token), ``train_loss`` (mean over the steps since the last point,
-nats/token), the family's held-out metrics (``loss`` in nats/token, …), ``lr``,
-``tokens_per_s`` (training steps only, all workers) and ``elapsed_s``. The last report also
-has ``done``, ``status`` (``completed`` or ``diverged``) and ``error``.
+Every evaluation point reports: ``step``, ``tokens`` (data units trained so far, all
+workers: tokens, or samples for image families), ``flops`` (units · FLOPs/unit),
+``train_loss`` (mean over the steps since the last point), the family's held-out metrics
+(``loss`` in the family's ``loss_unit``, …), ``lr``, ``tokens_per_s`` (units per second of
+training steps, all workers) and ``elapsed_s``. The last report also has ``done``,
+``status`` (``completed`` or ``diverged``) and ``error``. A completed trial of a family with
+``artifacts`` (sample grids) hands each image to ``WorkerContext.save_artifact`` first.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Callable
 import torch
 
 from experiments.data import load_tokens, train_batch, validation_batches
+from experiments.image_data import image_train_batch, image_validation_batches, load_images
 from experiments.planner import TrialConfig
 from models import get_family
 from models.flops import measured_flops_per_unit
@@ -39,6 +43,7 @@ class WorkerContext:
     report: Callable[[dict, str | None], None]  # (metrics, checkpoint dir or None)
     restore_dir: str | None = None  # a checkpoint to continue from
     node_id: str = ""  # where this worker runs (recorded in the trials table)
+    save_artifact: Callable[[str, bytes], None] | None = None  # (file name, bytes), rank 0 only
 
 
 def lr_factor(step: int, steps: int, warmup_fraction: float, min_ratio: float) -> float:
@@ -119,21 +124,16 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
     """Train ``cfg`` on this worker's shard; returns the last metrics reported."""
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    data = load_tokens(
-        cfg.data, train_tokens=cfg.tokens + 1, validation_tokens=cfg.validation_tokens + cfg.training.seq_len
-    )
+    next_batch, validation = trial_batches(cfg)
     family, engine = build_engine(cfg)
-    tr = cfg.training
-    first = torch.from_numpy(train_batch(data.train, 0, tr.batch_size, tr.seq_len, 0, 1))
-    flops_measured = measured_flops_per_unit(
-        family, family.shape_type(**cfg.shape), first, units=first[:, 1:].numel()
-    )
+    first = torch.from_numpy(next_batch(0, 0, 1))
+    units = first[:, 1:].numel() if cfg.data_unit == "tokens" else first.shape[0]
+    flops_measured = measured_flops_per_unit(family, family.shape_type(**cfg.shape), first, units=units)
     state = {"step": 0, "wall_s": 0.0, "train_s": 0.0}
     if ctx.restore_dir:
         _, client = engine.load_checkpoint(ctx.restore_dir, tag=CHECKPOINT_TAG)
         state.update(client or {})
-    val = [torch.from_numpy(b).to(engine.device) for b in validation_batches(
-        data.validation, cfg.validation_tokens, tr.seq_len, tr.batch_size, ctx.rank, ctx.world_size)]
+    val = [torch.from_numpy(b).to(engine.device) for b in validation(ctx.rank, ctx.world_size)]
     startup_s = time.perf_counter() - started
     fixed = {"startup_s": startup_s, "flops_measured_per_token": flops_measured,
              "node_id": ctx.node_id, "precision": resolve_precision(cfg.precision)}
@@ -143,9 +143,7 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
     step = state["step"]
     while step < cfg.steps:
         t0 = time.perf_counter()
-        batch = torch.from_numpy(
-            train_batch(data.train, step, tr.batch_size, tr.seq_len, ctx.rank, ctx.world_size)
-        ).to(engine.device)
+        batch = torch.from_numpy(next_batch(step, ctx.rank, ctx.world_size)).to(engine.device)
         loss = family.loss(engine, batch)
         engine.backward(loss)
         engine.step()
@@ -164,10 +162,48 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
                 return _finish(ctx, cfg, metrics, step, "diverged", f"held-out loss is {metrics['loss']}",
                                wall_before, fixed)
             if step == cfg.steps:
+                _save_artifacts(family, engine, val, cfg, ctx)
                 return _finish(ctx, cfg, metrics, step, "completed", "", wall_before, fixed)
             state.update(step=step, wall_s=metrics["elapsed_s"])
             _report_with_checkpoint(ctx, engine, metrics, state)
     return metrics  # only reached when restored from a checkpoint at the very end
+
+
+def trial_batches(cfg: TrialConfig):
+    """(batch(step, rank, world) -> array, validation(rank, world) -> list of arrays) for
+    the trial's data: token windows for language models, uint8 images for image families."""
+    tr = cfg.training
+    if cfg.data_unit == "tokens":
+        data = load_tokens(cfg.data, train_tokens=cfg.tokens + 1,
+                           validation_tokens=cfg.validation_tokens + tr.seq_len)
+        return (
+            lambda step, rank, world: train_batch(data.train, step, tr.batch_size, tr.seq_len, rank, world),
+            lambda rank, world: validation_batches(data.validation, cfg.validation_tokens, tr.seq_len,
+                                                   tr.batch_size, rank, world),
+        )
+    images = load_images(cfg.data, train_samples=cfg.tokens, validation_samples=cfg.validation_tokens)
+    return (
+        lambda step, rank, world: image_train_batch(images.train, step, tr.batch_size, rank, world),
+        lambda rank, world: image_validation_batches(images.validation, tr.batch_size, rank, world),
+    )
+
+
+@torch.no_grad()
+def _save_artifacts(family, engine, val: list[torch.Tensor], cfg: TrialConfig, ctx: WorkerContext) -> None:
+    """Sample grids of a completed trial (every rank computes: ZeRO-3 forwards need all)."""
+    make = getattr(family, "artifacts", None)
+    if make is None or cfg.sample_grid < 1:
+        return
+    engine.eval()
+    images = make(engine, val, cfg.sample_grid)
+    engine.train()
+    if ctx.rank == 0 and ctx.save_artifact is not None:
+        for caption, png in images.items():
+            try:
+                ctx.save_artifact(f"{caption}.png", png)
+            except OSError as exc:  # a lost sample grid must not cost the trained trial
+                print(f"warning: {cfg.trial_id}: cannot save sample grid {caption!r}: {exc}",
+                      file=sys.stderr, flush=True)
 
 
 def _mean_over_workers(value: torch.Tensor, world: int) -> float:

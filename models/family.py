@@ -5,6 +5,10 @@ scaling curve: how to build a model of a given size, its training loss on a batc
 metrics that are comparable across sizes (one primary ``loss``), how many parameters count
 towards the scaling N, and how many FLOPs one data unit (a token, an image) costs to train on.
 
+A family may also define ``artifacts(model, batches, n) -> {caption: PNG bytes}``: images
+made at the end of a completed trial (sample grids) that land in the results folder as
+``samples/<trial_id>/<caption>.png`` and in the report.
+
 Adding a family is one module implementing :class:`ModelFamily` plus ``@register("name")``;
 ``tests/models/test_family_protocol.py`` then covers it automatically.
 """
@@ -37,6 +41,7 @@ class ModelFamily(Protocol):
     name: str
     tag: str  # short prefix of trial ids, e.g. "tfm"
     data_unit: str  # what D counts: "tokens" or "samples"
+    loss_unit: str  # the unit of ``evaluate(...)["loss"]``, e.g. "nats/token"
     shape_type: type
 
     def build(self, shape: Any) -> nn.Module: ...
@@ -46,7 +51,8 @@ class ModelFamily(Protocol):
         ...
 
     def evaluate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
-        """Held-out metrics. Must contain ``loss`` in the family's unit (nats per data unit)."""
+        """Held-out metrics, deterministic for given weights and batches. Must contain
+        ``loss`` (lower is better, comparable across sizes) in ``loss_unit``."""
         ...
 
     def num_params(self, shape: Any) -> ParamCount: ...
@@ -102,4 +108,4 @@ def family_names() -> list[str]:
 def _load_builtin_families() -> None:
     # Imported lazily so that `models.family` stays importable on its own; each import
     # registers its family as a side effect.
-    from models import transformer  # noqa: F401
+    from models import diffusion, transformer, vae  # noqa: F401

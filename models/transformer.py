@@ -49,36 +49,48 @@ class TransformerShape:
         return f"d{self.d_model}-l{self.n_layers}-h{self.n_heads}"
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, shape: TransformerShape) -> None:
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; causal for the language model, bidirectional for DiT."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True) -> None:
         super().__init__()
-        self.n_heads = shape.n_heads
-        self.qkv = nn.Linear(shape.d_model, 3 * shape.d_model)
-        self.proj = nn.Linear(shape.d_model, shape.d_model)
+        self.n_heads, self.causal = n_heads, causal
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
 class Block(nn.Module):
-    def __init__(self, shape: TransformerShape) -> None:
+    """Pre-norm transformer block: attention then a 4x GELU MLP, each on a residual branch.
+
+    ``forward(x, mod)`` with ``mod`` = (shift1, scale1, gate1, shift2, scale2, gate2), each
+    [B, 1, d], applies DiT's adaLN conditioning (Peebles & Xie 2023): the normalised input
+    of each branch is shifted and scaled, and the branch output is gated."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(shape.d_model)
-        self.attn = CausalSelfAttention(shape)
-        self.ln2 = nn.LayerNorm(shape.d_model)
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, n_heads, causal)
+        self.ln2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
-            nn.Linear(shape.d_model, 4 * shape.d_model),
+            nn.Linear(d_model, 4 * d_model),
             nn.GELU(),
-            nn.Linear(4 * shape.d_model, shape.d_model),
+            nn.Linear(4 * d_model, d_model),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+    def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        if mod is None:
+            x = x + self.attn(self.ln1(x))
+            return x + self.mlp(self.ln2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod
+        x = x + gate1 * self.attn(self.ln1(x) * (1 + scale1) + shift1)
+        return x + gate2 * self.mlp(self.ln2(x) * (1 + scale2) + shift2)
 
 
 class TransformerLM(nn.Module):
@@ -89,7 +101,9 @@ class TransformerLM(nn.Module):
         self.shape = shape
         self.tok_emb = nn.Embedding(shape.vocab, shape.d_model)
         self.pos_emb = nn.Embedding(shape.context, shape.d_model)
-        self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layers))
+        self.blocks = nn.ModuleList(
+            Block(shape.d_model, shape.n_heads) for _ in range(shape.n_layers)
+        )
         self.ln_f = nn.LayerNorm(shape.d_model)
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2L) so deep stacks start stable.
@@ -122,6 +136,7 @@ class TransformerFamily:
     name = "transformer"
     tag = "tfm"  # prefix of trial ids
     data_unit = "tokens"
+    loss_unit = "nats/token"
     shape_type = TransformerShape
 
     def build(self, shape: TransformerShape) -> nn.Module:

@@ -10,7 +10,8 @@ from plotly.subplots import make_subplots
 
 from analysis.fit import subset_for
 from analysis.laws import law_value
-from analysis.report.figures import add_curve, band, completed_points, data_unit, optimal_split, shade_beyond
+from analysis.report.figures import (add_curve, band, completed_points, data_unit, loss_unit, optimal_split,
+                                     shade_beyond)
 from analysis.report.style import (
     OKABE_ITO,
     TEMPLATE,
@@ -55,7 +56,7 @@ def isoflop_figure(trials: pd.DataFrame, isoflop: FitResult) -> go.Figure:
             hovertemplate=(f"{label}: N_opt={sci(row['N_opt'])}, D_opt={sci(row['D_opt'])}, "
                            f"{row['tokens_per_param']:.3g} {data_unit(trials)}/parameter<extra></extra>")))
     fig.update_xaxes(type="log", title_text=axis_label("N"))
-    fig.update_yaxes(title_text=loss_label(data_unit(trials)))
+    fig.update_yaxes(title_text=loss_label(loss_unit(trials)))
     fig.update_layout(template=TEMPLATE, height=460, title="IsoFLOP profiles: loss vs N at each compute budget "
                       "(parabolas in log N; stars at their minima)")
     return fig
@@ -136,7 +137,7 @@ def chinchilla_contours(trials: pd.DataFrame, chin: FitResult) -> go.Figure:
     fig = go.Figure(go.Contour(
         x=ln, y=ld, z=z, colorscale="Cividis", ncontours=18, name="L(N, D)",
         contours={"showlabels": True, "labelfont": {"size": 9, "color": "white"}},
-        colorbar={"title": {"text": loss_label(unit)}, "thickness": 14},
+        colorbar={"title": {"text": loss_label(loss_unit(trials))}, "thickness": 14},
         hovertemplate="N=10^%{x:.2f}, D=10^%{y:.2f}<br>fitted loss %{z:.4f}<extra></extra>"))
     for log_c in np.arange(np.ceil(ln_lo + ld_lo + np.log10(6)), np.floor(ln_hi + ld_hi + np.log10(6)) + 1):
         x = np.array([ln_lo, ln_hi])

@@ -43,6 +43,14 @@ def data_unit(trials: pd.DataFrame) -> str:
     return str(units[0]) if len(units) == 1 else "tokens"
 
 
+def loss_unit(trials: pd.DataFrame) -> str:
+    """The unit of the family's ``loss`` (older tables without the column: language models)."""
+    units = trials["loss_unit"].dropna().unique() if "loss_unit" in trials else []
+    if len(units) == 1:
+        return str(units[0])
+    return "nats/token" if data_unit(trials) == "tokens" else "final_loss units"
+
+
 def completed_points(trials: pd.DataFrame) -> pd.DataFrame:
     """Completed trials as fit points: columns N, D, C, loss, trial_id (+ budget)."""
     return load_points(trials).frame
@@ -87,7 +95,7 @@ def training_curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "lo
     fig.add_trace(size_colourbar(sizes.to_numpy()), row=1, col=2)
     fig.update_xaxes(type="log", title_text=axis_label("D", unit), row=1, col=1)
     fig.update_xaxes(type="log", title_text=axis_label("C"), row=1, col=2)
-    fig.update_yaxes(type="log", title_text=loss_label(unit), row=1, col=1)
+    fig.update_yaxes(type="log", title_text=loss_label(loss_unit(trials)), row=1, col=1)
     fig.update_layout(template=TEMPLATE, title="Training curves (held-out loss at each evaluation point)",
                       height=460, hovermode="closest")
     return fig
@@ -135,7 +143,7 @@ def scaling_figure(trials: pd.DataFrame, fits: list[FitResult], axis: str) -> go
     if reach > hi * 1.0001:
         shade_beyond(fig, hi, reach)
     fig.update_xaxes(type="log", title_text=axis_label(axis, unit))
-    fig.update_yaxes(type="log", title_text=loss_label(unit))
+    fig.update_yaxes(type="log", title_text=loss_label(loss_unit(trials)))
     fig.update_layout(template=TEMPLATE, height=480, hovermode="closest",
                       title=f"Final loss vs {axis}, with fitted laws and 95% bootstrap bands",
                       legend={"font": {"size": 11}})

@@ -57,6 +57,5 @@ def axis_label(var: str, data_unit: str = "tokens") -> str:
             "C": "C, training FLOPs"}[var]
 
 
-def loss_label(data_unit: str = "tokens") -> str:
-    unit = "nats/token" if data_unit == "tokens" else "final_loss units"
-    return f"held-out loss ({unit})"
+def loss_label(loss_unit: str = "nats/token") -> str:
+    return f"held-out loss ({loss_unit})"
