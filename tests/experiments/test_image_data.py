@@ -133,3 +133,9 @@ def test_shape_fields_and_options_are_checked_against_the_family(write_spec):
     assert all(t.data_unit == "samples" and t.tokens == t.steps * 16 for t in trials)  # batch_size 16
     big = max(trials, key=lambda t: t.n_params)
     assert 0.7e5 < big.n_params < 1.3 * 3e5 and big.flops == pytest.approx(big.flops_per_token * big.tokens)
+
+
+def test_hub_image_dataset_offline_fails_clearly():
+    spec = DataSpec(source="hub", name="scalinglab-no-such-user/no-such-images")
+    with pytest.raises(UserError, match="cannot stream hub dataset .*source: images with a local copy"):
+        load_images(spec, train_samples=10, validation_samples=10)

@@ -29,16 +29,18 @@ def test_family_trains_and_evaluates(name):
     torch.manual_seed(0)
     model = family.build(shape)
     batch = family.example_batch(shape, 4)
+    before = family.evaluate(model, [batch])  # deterministic, unlike a noisy training loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    first = family.loss(model, batch)
     for _ in range(20):
         opt.zero_grad()
         loss = family.loss(model, batch)
+        assert loss.dim() == 0 and math.isfinite(loss.item())
         loss.backward()
         opt.step()
-    assert loss.item() < first.item()  # it can fit one batch
-    metrics = family.evaluate(model, [batch])
-    assert "loss" in metrics and math.isfinite(metrics["loss"])
+    after = family.evaluate(model, [batch])
+    assert "loss" in after and math.isfinite(after["loss"])
+    assert after["loss"] < before["loss"]  # it can fit one batch
+    assert family.loss_unit and family.tag
 
 
 def test_unknown_family_lists_the_known_ones():
