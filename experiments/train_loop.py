@@ -129,6 +129,11 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
     first = torch.from_numpy(next_batch(0, 0, 1))
     units = first[:, 1:].numel() if cfg.data_unit == "tokens" else first.shape[0]
     flops_measured = measured_flops_per_unit(family, family.shape_type(**cfg.shape), first, units=units)
+    # Losses that draw randomness (diffusion timesteps and noise, VAE posterior samples) draw
+    # it per rank: every rank built the same initial weights from cfg.seed, but must not
+    # draw the same noise for its different images. (A trial resumed from a checkpoint draws
+    # afresh from here: its noise, unlike its data order, differs from an unbroken run's.)
+    torch.manual_seed(cfg.seed * 1_000_003 + 1 + ctx.rank)
     state = {"step": 0, "wall_s": 0.0, "train_s": 0.0}
     if ctx.restore_dir:
         _, client = engine.load_checkpoint(ctx.restore_dir, tag=CHECKPOINT_TAG)
