@@ -81,6 +81,30 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emergence(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from analysis.emergence import detect_sweep, detect_table, summary, to_document
+
+    if Path(args.source).is_dir():
+        results, warnings = detect_sweep(args.source, bootstrap=args.bootstrap, seed=args.seed)
+    else:
+        if not args.x_col:
+            raise UserError("--x-col is required for a table: the scale column (e.g. flops)")
+        results, warnings = detect_table(
+            args.source, x_col=args.x_col, y_cols=args.y_col or [], stderr_cols=args.stderr_col,
+            n_items=args.n_items, chance=args.chance, kinds=args.metric_kind, group_col=args.group_col,
+            loss_axis=args.loss_axis, bootstrap=args.bootstrap, seed=args.seed)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    document = to_document(results)
+    if Path(args.source).is_dir():  # the report draws the flags from here
+        (Path(args.source) / "emergence.json").write_text(json.dumps(document, indent=1))
+    print(json.dumps(document) if args.format == "json" else summary(results))
+    return 0
+
+
 def _submit(args: argparse.Namespace) -> int:
     from cluster.jobs import submit
 
@@ -159,6 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run L-BFGS from every grid start (slow): starts_at_best over the whole grid")
     fit.add_argument("--format", choices=["text", "json"], default="text")
     fit.set_defaults(func=_fit)
+
+    em = sub.add_parser("emergence", help="flag capability thresholds: a sweep's folder or a table of model results")
+    em.add_argument("source", help="a sweep's results folder, or a .csv/.parquet table (one row per model)")
+    em.add_argument("--x-col", help="table: the scale column (N, D, C, or a loss with --loss-axis)")
+    em.add_argument("--y-col", action="append", help="table: a metric column (repeatable)")
+    em.add_argument("--stderr-col", action="append", help="standard-error column: once, or once per --y-col")
+    em.add_argument("--n-items", action="append", type=float, help="items per evaluation (binomial errors): "
+                    "once, or once per --y-col")
+    em.add_argument("--chance", action="append", type=float, help="chance level: once, or once per --y-col")
+    em.add_argument("--metric-kind", action="append", choices=["discontinuous", "continuous"],
+                    help="once, or once per --y-col (default: from the name; exact_match/em/acc/accuracy are discontinuous)")
+    em.add_argument("--group-col", help="table: analyse each value of this column apart (e.g. family)")
+    em.add_argument("--loss-axis", action="store_true", help="the x column is a loss: lower is more scale, linear axis")
+    em.add_argument("--bootstrap", type=int, default=200, help="refits for the transition's intervals")
+    em.add_argument("--seed", type=int, default=0)
+    em.add_argument("--format", choices=["text", "json"], default="text")
+    em.set_defaults(func=_emergence)
 
     report = sub.add_parser("report", help="write a sweep's self-contained HTML report (plotly, offline)")
     report.add_argument("results", help="a sweep's results folder (holding trials.parquet)")

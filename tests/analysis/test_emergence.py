@@ -1,0 +1,210 @@
+"""The emergence detector on synthetic series with known answers, and its CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.emergence import MetricSpec, analyse_series, big_bench_scores, detect
+from analysis.points import AnalysisError
+from tests.conftest import REPO
+
+X = np.logspace(18, 23, 11)  # 11 scales, half a decade apart
+U = np.log10(X)
+SE = np.full(11, 0.01)
+
+
+def _run(y, se=SE, **spec):
+    return analyse_series(X, np.asarray(y, float), MetricSpec("task/acc", **spec), axis="flops",
+                          se=se if se is not None else None)
+
+
+def test_big_bench_scores_follow_their_definitions():
+    linear = np.arange(6, dtype=float)  # I = 5, every step 1
+    assert big_bench_scores(linear) == {"linearity": 5.0, "breakthroughness": 5.0}
+    step = np.array([0, 0, 0, 1, 1, 1], dtype=float)  # one step of 1 among five
+    s = big_bench_scores(step)
+    assert s["linearity"] == pytest.approx(1 / math.sqrt(1 / 5))
+    assert s["breakthroughness"] is None  # median squared step is 0: unbounded
+    falling = big_bench_scores(np.array([3.0, 2.0, 1.0, 0.0]))
+    assert falling["linearity"] == pytest.approx(-3.0)  # argmax before argmin: negative
+    assert big_bench_scores(np.ones(5)) == {"linearity": 0.0, "breakthroughness": 0.0}
+
+
+def test_sigmoid_with_known_midpoint_and_width():
+    width_decades = 0.6
+    scale = width_decades / (2 * math.log(9))
+    y = 0.25 + 0.7 / (1 + np.exp(-(U - 21.0) / scale))
+    r = _run(y, chance=0.25)
+    assert r.verdict == "emergent"
+    assert math.log10(r.midpoint) == pytest.approx(21.0, abs=0.05)
+    assert r.width_decades == pytest.approx(width_decades, rel=0.15)
+    assert r.scores["midpoint_low"] <= 1e21 <= r.scores["midpoint_high"]
+    t = r.threshold
+    assert t["low"] <= t["x"] <= t["high"] and t["x"] < r.midpoint  # the onset precedes the midpoint
+    assert r.scores["best_model"] == "sigmoid" and r.scores["breakthroughness"] > r.scores["linearity"]
+
+
+def test_pure_power_law_is_smooth():
+    r = _run(0.05 * (X / 1e18) ** 0.25)
+    assert r.verdict == "smooth" and r.threshold is None and r.midpoint is None
+
+
+def test_constant_and_noise_only_are_flat():
+    assert _run(np.full(11, 0.3)).verdict == "flat"
+    rng = np.random.default_rng(3)
+    noisy = 0.25 + rng.normal(0, 0.01, 11)
+    assert _run(noisy, chance=0.25).verdict == "flat"
+
+
+def test_rise_then_fall_back_is_non_monotone_but_a_partial_decline_stays_emergent():
+    bump = 0.25 + 0.5 * np.exp(-((U - 20.5) / 0.6) ** 2)
+    assert _run(bump, chance=0.25).verdict == "non_monotone"
+    partial = np.array([0.25, 0.25, 0.26, 0.25, 0.25, 0.75, 0.8, 0.8, 0.7, 0.65, 0.65])
+    r = _run(partial, chance=0.25)
+    assert r.verdict == "emergent"
+    assert any("declines after the jump" in c for c in r.caveats)
+    assert r.threshold["low"] == X[4] and r.threshold["high"] == X[5]
+
+
+def test_noisy_small_benchmark_series_with_given_standard_errors():
+    # published-style: 8 models, 250 items, chance 25%; sampling noise of several points
+    x = np.array([1e8, 4e8, 1e9, 4e9, 1e10, 4e10, 1e11, 5e11])
+    n = 250
+    noise_only = np.array([0.26, 0.22, 0.29, 0.24, 0.27, 0.23, 0.28, 0.25])
+    r = analyse_series(x, noise_only, MetricSpec("acc", n_items=n, chance=0.25), axis="params")
+    assert r.verdict == "flat"
+    jump = np.array([0.26, 0.23, 0.27, 0.25, 0.28, 0.52, 0.61, 0.66])
+    r = analyse_series(x, jump, MetricSpec("acc", n_items=n, chance=0.25), axis="params")
+    assert r.verdict == "emergent" and r.threshold["low"] == 1e10 and r.threshold["high"] == 4e10
+    assert r.threshold["x"] == pytest.approx(2e10)  # geometric mean of the bracket
+    # the same jump with standard errors three times larger is not significant
+    se = 3 * np.sqrt(jump * (1 - jump) / n)
+    r = analyse_series(x, jump, MetricSpec("acc", stderr_column="se", chance=0.25), axis="params", se=se * 2)
+    assert r.verdict != "emergent"
+    # a step that never rises significantly above chance is not emergent either
+    low = np.array([0.25, 0.25, 0.25, 0.25, 0.25, 0.27, 0.27, 0.27])
+    r = analyse_series(x, low, MetricSpec("acc", n_items=n, chance=0.25), axis="params")
+    assert r.verdict == "flat"
+
+
+def test_without_errors_the_scatter_decides_and_a_caveat_says_so():
+    y = 0.25 + 0.7 / (1 + np.exp(-(U - 21.0) / 0.1)) + np.random.default_rng(1).normal(0, 0.005, 11)
+    r = _run(y, se=None, chance=0.25)
+    assert r.verdict == "emergent"
+    assert any("estimated from the series' own scatter" in c for c in r.caveats)
+
+
+def test_too_few_points_ties_and_bad_x():
+    assert _run.__defaults__  # (keeps flake quiet about the helper)
+    r = analyse_series(X[:3], np.array([0.1, 0.2, 0.9]), MetricSpec("acc"), axis="N", se=SE[:3])
+    assert r.verdict == "not_enough_data" and r.threshold is None
+    x = np.array([1e9, 1e9, 1e10, 1e10, 1e11, 1e12, -5.0, np.nan])
+    y = np.array([0.2, 0.3, 0.25, 0.25, 0.26, 0.9, 0.5, 0.5])
+    r = analyse_series(x, y, MetricSpec("acc"), axis="N", se=np.full(8, 0.01))
+    assert r.n_points == 4
+    assert any("2 row(s) with a missing or non-positive N dropped" in c for c in r.caveats)
+    assert any("their mean is used" in c for c in r.caveats)
+
+
+def test_metric_induced_and_shared_jump_caveats():
+    exact = 0.0 + 0.9 / (1 + np.exp(-(U - 21.0) / 0.05))
+    logprob = -3 + 0.4 * (U - 18)  # improves smoothly
+    table = pd.DataFrame({"flops": X, "add/exact_match": exact, "add/logprob": logprob, "se": 0.01})
+    results, _ = detect(table, "flops", [MetricSpec("add/exact_match", stderr_column="se", chance=0.0),
+                                         MetricSpec("add/logprob", stderr_column="se")])
+    by = {r.metric: r for r in results}
+    assert by["add/exact_match"].verdict == "emergent" and by["add/logprob"].verdict == "smooth"
+    assert any("metric-induced" in c and "add/logprob" in c for c in by["add/exact_match"].caveats)
+    both = pd.DataFrame({"flops": X, "a/acc": exact, "b/acc": exact * 0.8, "se": 0.01})
+    results, _ = detect(both, "flops", [MetricSpec("a/acc", stderr_column="se"), MetricSpec("b/acc", stderr_column="se")])
+    assert all(r.verdict == "emergent" for r in results)
+    assert all(any("every metric given jumps" in c for c in r.caveats) for r in results)
+
+
+def test_loss_axis_reads_lower_loss_as_more_scale():
+    loss = np.linspace(4.0, 2.0, 11)  # falls with scale
+    acc = 0.9 / (1 + np.exp(-(3.0 - loss) / 0.05))  # turns on below loss 3
+    r = analyse_series(loss, acc, MetricSpec("acc", chance=0.0), axis="loss", se=SE, loss_axis=True)
+    assert r.verdict == "emergent"
+    assert 2.8 < r.threshold["x"] < 3.2 and r.midpoint == pytest.approx(3.0, abs=0.1)
+
+
+def test_bad_tables_raise_analysis_errors():
+    table = pd.DataFrame({"flops": X, "acc": ["x"] + [0.5] * 10})
+    with pytest.raises(AnalysisError, match="column 'acc' holds non-numeric values"):
+        detect(table, "flops", [MetricSpec("acc")])
+    with pytest.raises(AnalysisError, match=r"column\(s\) \['nope'\] not in the table"):
+        detect(table, "flops", [MetricSpec("nope")])
+    with pytest.raises(AnalysisError, match="binomial errors of accuracies in \\[0, 1\\]"):
+        analyse_series(X, np.linspace(0, 50, 11), MetricSpec("acc", n_items=100), axis="C")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "cluster.cli", "emergence", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_on_a_table_prints_one_json_document(tmp_path):
+    rng = np.random.default_rng(0)
+    acc = 0.25 + 0.6 / (1 + np.exp(-(U - 21.5) / 0.1))
+    measured = rng.binomial(400, acc) / 400
+    rows = pd.DataFrame({"flops": np.concatenate([X, [0.0]]), "acc": np.concatenate([measured, [0.3]]),
+                         "acc_se": np.concatenate([np.sqrt(acc * (1 - acc) / 400), [0.02]]),
+                         "logprob": np.concatenate([-3 + 0.3 * (U - 18), [-3.0]]), "lp_se": 0.02, "family": "m"})
+    path = tmp_path / "models.csv"
+    rows.to_csv(path, index=False)
+    run = _cli(str(path), "--x-col", "flops", "--y-col", "acc", "--y-col", "logprob", "--stderr-col", "acc_se",
+               "--stderr-col", "lp_se", "--chance", "0.25", "--chance", "-10", "--metric-kind", "discontinuous",
+               "--metric-kind", "continuous", "--group-col", "family", "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)  # exactly one JSON document
+    assert [r["metric"] for r in doc["results"]] == ["acc", "logprob"]
+    acc_r = doc["results"][0]
+    assert acc_r["verdict"] == "emergent" and acc_r["group"] == "m" and acc_r["axis"] == "flops"
+    assert set(acc_r) == {"group", "metric", "axis", "n_points", "verdict", "threshold", "midpoint",
+                          "width_decades", "scores", "caveats"}
+    assert {"breakthroughness", "linearity"} <= set(acc_r["scores"])
+    assert "1 row(s) with a missing or non-positive flops dropped" in run.stderr
+    assert doc["results"][1]["verdict"] == "smooth"
+    assert any("metric-induced" in c for c in acc_r["caveats"])
+    # --n-items once applies to every --y-col
+    once = _cli(str(path), "--x-col", "flops", "--y-col", "acc", "--n-items", "400", "--chance", "0.25")
+    assert once.returncode == 0 and "acc vs flops (11 points): emergent" in once.stdout
+
+
+def test_cli_exit_status_2_for_bad_tables(tmp_path):
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"flops": X, "acc": ["oops"] * 11}).to_csv(path, index=False)
+    run = _cli(str(path), "--x-col", "flops", "--y-col", "acc")
+    assert run.returncode == 2 and "non-numeric" in run.stderr
+    run = _cli(str(path), "--x-col", "flops", "--y-col", "missing")
+    assert run.returncode == 2 and "not in the table" in run.stderr
+    run = _cli(str(path), "--x-col", "flops", "--y-col", "acc", "--y-col", "acc", "--chance", "1", "--chance", "2",
+               "--chance", "3")
+    assert run.returncode == 2 and "--chance is given 3 times for 2 --y-col" in run.stderr
+
+
+def test_cli_on_a_sweep_folder_writes_emergence_json_for_the_report(tmp_path):
+    from tests.analysis.report_data import make_results
+
+    folder = make_results(tmp_path / "sweep")
+    (folder / "emergence.json").unlink()
+    run = _cli(str(folder), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert json.loads((folder / "emergence.json").read_text()) == doc
+    axes = {r["axis"] for r in doc["results"]}
+    assert axes == {"n_params", "tokens", "flops", "final_loss"}
+    flops = {r["metric"]: r for r in doc["results"] if r["axis"] == "flops"}
+    # the synthetic exact match jumps near C = 3e18 while its log-probability rises smoothly
+    assert flops["addition/exact_match"]["verdict"] == "emergent"
+    assert 1e18 <= flops["addition/exact_match"]["threshold"]["x"] <= 1e19
+    assert any("metric-induced" in c for c in flops["addition/exact_match"]["caveats"])
+    assert flops["addition/logprob"]["verdict"] == "smooth"
