@@ -63,6 +63,7 @@ SHARP_FRACTION = 0.5  # a single step holding this share of the rise is sharp
 AICC_MARGIN = 2.0  # the transition model must beat the smooth ones by this much
 SHARP_WIDTH_FRACTION = 0.4  # a fitted transition is sharp when its 10-90% width is under this share of the range
 DISCONTINUOUS = ("exact_match", "em", "acc", "accuracy")
+STDERR_SUFFIX = "_stderr"  # a sweep's TASK/NAME_stderr rows are the standard errors of TASK/NAME
 VERDICTS = ("emergent", "smooth", "flat", "non_monotone", "not_enough_data")
 
 
@@ -518,8 +519,9 @@ def detect_sweep(folder: str, *, bootstrap: int = 200, seed: int = 0) -> tuple[l
     if evals is None:
         raise AnalysisError(f"{folder}: no evals.parquet, where capability metrics are recorded")
     table = capability_table(trials, evals)
-    metrics = sorted(c for c in table.columns if "/" in str(c))
-    specs = [MetricSpec(column=m) for m in metrics]
+    metrics = sorted(c for c in table.columns if "/" in str(c) and not str(c).endswith(STDERR_SUFFIX))
+    specs = [MetricSpec(column=m, stderr_column=m + STDERR_SUFFIX if m + STDERR_SUFFIX in table.columns else None)
+             for m in metrics]
     group = "family" if "family" in table.columns else None
     results: list[Emergence] = []
     warn: list[str] = []

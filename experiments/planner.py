@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from experiments.data import vocab_size
-from experiments.spec import DataSpec, SizeSpec, SweepSpec, SyntheticSpec, TrainingSpec
+from experiments.spec import DataSpec, ProbeSpec, SizeSpec, SweepSpec, SyntheticSpec, TrainingSpec
 from experiments.yamlio import Located
 from models import family_names, get_family
 
@@ -52,6 +52,7 @@ class TrialConfig:
     data: DataSpec
     data_unit: str = "tokens"  # what ``tokens`` counts: "tokens" or "samples"
     sample_grid: int = 0  # images per sample grid saved at the end (image families)
+    probes: ProbeSpec = ProbeSpec()  # capability probes (language models)
 
     @property
     def seed(self) -> int:
@@ -74,6 +75,8 @@ class TrialConfig:
         d["data"] = DataSpec(**data)
         d["training"] = TrainingSpec(**d["training"])
         d["eval_steps"] = tuple(d["eval_steps"])
+        if "probes" in d:
+            d["probes"] = ProbeSpec(**{**d["probes"], "tasks": tuple(d["probes"]["tasks"])})
         return cls(**d)
 
 
@@ -113,6 +116,11 @@ def _check_global(spec: SweepSpec, located: Located) -> None:
         other = "samples" if unit == "tokens" else "tokens"
         raise located.error(("budgets", other),
                             f"family {spec.family!r} counts data in {unit}: give budgets.{unit}")
+    if spec.probes.tasks and unit != "tokens":
+        raise located.error(("probes", "tasks"), f"capability probes are text tasks for language models; "
+                            f"family {spec.family!r} trains on {unit}")
+    if spec.probes.tasks and spec.data.tokenizer != "byte":
+        raise located.error(("probes", "tasks"), "capability probes are written in bytes: they need tokenizer: byte")
     sources = TOKEN_SOURCES if unit == "tokens" else IMAGE_SOURCES
     if spec.data.source not in sources:
         raise located.error(("data", "source"),
@@ -222,6 +230,7 @@ def _trial(spec, located, family, size, shape, i, j, tokens_planned, c) -> Trial
         data=spec.data,
         data_unit=unit,
         sample_grid=spec.evaluation.sample_grid if unit == "samples" else 0,
+        probes=spec.probes,
     )
 
 

@@ -237,6 +237,31 @@ class EvalSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProbeSpec:
+    """Capability probes of language models (``experiments.probes``): ``tasks`` mixed into
+    the training stream at ``mix_rate`` (a fraction of training sequences) and scored on
+    ``eval_items`` held-out items per task at every evaluation point."""
+
+    tasks: tuple[Literal["addition", "modular", "recall"], ...] = ()
+    mix_rate: float = 0.0
+    eval_items: int = 256
+    digits: int = 2  # addition: operands of up to this many digits
+    modulus: int = 97  # modular: (a + b) mod this
+    pairs: int = 4  # recall: key-value pairs in context
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.mix_rate < 1:
+            raise ValueError(f"mix_rate must be in [0, 1), got {self.mix_rate}")
+        if self.tasks and self.mix_rate == 0:
+            raise ValueError("tasks are given but mix_rate is 0: the model would never see them")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("tasks: each task once")
+        if self.eval_items < 1 or not 1 <= self.digits <= 9 or self.modulus < 2 or not 1 <= self.pairs <= 26:
+            raise ValueError("eval_items >= 1, digits in 1..9, modulus >= 2, pairs in 1..26")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SweepSpec:
     name: str
     family: str = "transformer"
@@ -247,6 +272,7 @@ class SweepSpec:
     deepspeed: DeepSpeedSpec = field(default_factory=DeepSpeedSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
+    probes: ProbeSpec = field(default_factory=ProbeSpec)
     storage: str | None = None  # default: results/<name>; local path or pyarrow/Ray URI
     max_failures: int = 0  # Ray Tune retries of a failed trial
 

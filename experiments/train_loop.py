@@ -160,7 +160,7 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
             return _finish(ctx, cfg, metrics, step, "diverged", f"training loss is {mean_loss} at step {step}",
                            wall_before, fixed)
         if step in cfg.eval_steps:
-            metrics = _evaluate(family, engine, val, ctx.world_size)
+            metrics = _evaluate(family, engine, val, ctx.world_size, cfg.probes, cfg.training.seq_len)
             metrics.update(_progress(cfg, step, losses, engine, state, wall_before, fixed))
             losses = []
             if not math.isfinite(metrics["loss"]):
@@ -181,6 +181,15 @@ def trial_batches(cfg: TrialConfig):
     if cfg.data_unit == "tokens":
         data = load_tokens(cfg.data, train_tokens=cfg.tokens + 1,
                            validation_tokens=cfg.validation_tokens + tr.seq_len)
+        if cfg.probes.tasks:  # capability probes replace some training sequences
+            from experiments.probes import mix_into
+
+            return (
+                lambda step, rank, world: mix_into(train_batch(data.train, step, tr.batch_size, tr.seq_len, rank, world),
+                                                   cfg.probes, step, tr.batch_size, rank, world),
+                lambda rank, world: validation_batches(data.validation, cfg.validation_tokens, tr.seq_len,
+                                                       tr.batch_size, rank, world),
+            )
         return (
             lambda step, rank, world: train_batch(data.train, step, tr.batch_size, tr.seq_len, rank, world),
             lambda rank, world: validation_batches(data.validation, cfg.validation_tokens, tr.seq_len,
@@ -220,16 +229,22 @@ def _mean_over_workers(value: torch.Tensor, world: int) -> float:
 
 
 @torch.no_grad()
-def _evaluate(family, engine, val: list[torch.Tensor], world: int) -> dict:
+def _evaluate(family, engine, val: list[torch.Tensor], world: int, probes=None, context: int = 0) -> dict:
     engine.eval()
     metrics = family.evaluate(engine, val)
+    if probes is not None and probes.tasks:  # every rank scores the same items: no averaging needed
+        from experiments.probes import evaluate_probes
+
+        metrics_probes = evaluate_probes(engine, probes, context, engine.device)
+    else:
+        metrics_probes = {}
     engine.train()
     if world > 1:  # every worker scored the same number of tokens: the mean of means is exact
         keys = sorted(metrics)
         values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
         torch.distributed.all_reduce(values)
         metrics = {k: v / world for k, v in zip(keys, values.tolist())}
-    return metrics
+    return {**metrics, **metrics_probes}
 
 
 def _progress(cfg, step, losses, engine, state, wall_before, fixed) -> dict:

@@ -33,7 +33,7 @@ def capability_tasks(evals: pd.DataFrame | None) -> dict[str, list[str]]:
     if evals is None or evals.empty:
         return {}
     tasks: dict[str, list[str]] = {}
-    for metric in sorted(m for m in evals["metric"].unique() if "/" in str(m)):
+    for metric in sorted(m for m in evals["metric"].unique() if "/" in str(m) and not str(m).endswith("_stderr")):
         task, name = str(metric).split("/", 1)
         tasks.setdefault(task, []).append(name)
     return {t: sorted(names, key=lambda n: (n not in DISCONTINUOUS, n)) for t, names in tasks.items()}

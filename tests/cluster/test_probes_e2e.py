@@ -1,0 +1,45 @@
+"""Capability probes through a real sweep (CLI, embedded Ray, DeepSpeed), then the detector on
+the results folder."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.cluster.test_sweep_e2e import _cli
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_probe_metrics_land_in_the_tables_and_the_detector_reads_them(write_spec, tmp_path):
+    spec = write_spec("""\
+        name: e2e-probes
+        model:
+          sizes:
+            - {d_model: 16, n_layers: 1, n_heads: 1}
+            - {d_model: 32, n_layers: 1, n_heads: 2}
+        budgets: {tokens: [8192]}
+        probes: {tasks: [addition, recall], mix_rate: 0.5, eval_items: 32}
+        training: {batch_size: 4, seq_len: 32}
+        evaluation: {validation_tokens: 1024, points: 3}
+        """)
+    out = tmp_path / "out"
+    run = _cli("sweep", str(spec), "--storage", str(out), "--no-fit")
+    assert run.returncode == 0, run.stderr[-3000:]
+    evals = pd.read_parquet(out / "evals.parquet")
+    names = {f"{t}/{m}{s}" for t in ("addition", "recall") for m in ("exact_match", "logprob", "token_accuracy")
+             for s in ("", "_stderr")}
+    assert names <= set(evals["metric"])
+    per_trial = evals[evals.metric == "recall/exact_match"].groupby("trial_id")["step"].apply(list)
+    assert all(steps == [1, 8, 64] for steps in per_trial)  # at every evaluation point
+    acc = evals[evals.metric.str.endswith("/exact_match")]["value"]
+    assert ((acc >= 0) & (acc <= 1)).all()
+    assert "Emergence" in (out / "report.html").read_text()
+    detected = _cli("emergence", str(out), "--format", "json")
+    assert detected.returncode == 0, detected.stderr
+    results = json.loads(detected.stdout)["results"]
+    assert {r["metric"] for r in results} == {n for n in names if not n.endswith("_stderr")}
+    assert {r["verdict"] for r in results} == {"not_enough_data"}  # two sizes, one budget
+    assert json.loads((out / "emergence.json").read_text())["results"] == results
