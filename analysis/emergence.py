@@ -140,7 +140,7 @@ def _fit(model: str, u: np.ndarray, y: np.ndarray, se: np.ndarray,
     """(parameters, χ²) of the best of a few starts (or of ``start`` alone), or None when
     nothing converges."""
     lo, hi, span = float(u.min()), float(u.max()), float(np.ptp(u)) or 1.0
-    y_lo, y_hi, y_span = float(y.min()), float(y.max()), float(np.ptp(y)) or 1.0
+    y_lo, y_span = float(y.min()), float(np.ptp(y)) or 1.0
     if model == "linear":
         f, starts, bounds = _linear, [(y_lo, 0.0)], (-np.inf, np.inf)
     elif model == "power":

@@ -147,11 +147,16 @@ def _hub_documents(spec: DataSpec) -> Iterator[str]:
     except KeyError:
         raise UserError(f"data.text_field: {spec.text_field!r} is not a column of {spec.name}") from None
     except Exception as exc:  # offline, unknown name, gated: all look alike from here
-        raise UserError(
-            f"data.name: cannot stream hub dataset {spec.name!r} ({type(exc).__name__}: "
-            f"{str(exc)[:200]}); this needs network access to the Hugging Face hub, "
-            "or use source: files with a local copy"
-        ) from None
+        raise hub_error(spec, exc, "files") from None
+
+
+def hub_error(spec: DataSpec, exc: Exception, local_source: str) -> UserError:
+    """The error for a hub dataset that cannot be streamed, pointing at the local alternative."""
+    return UserError(
+        f"data.name: cannot stream hub dataset {spec.name!r} ({type(exc).__name__}: "
+        f"{str(exc)[:200]}); this needs network access to the Hugging Face hub, "
+        f"or use source: {local_source} with a local copy"
+    )
 
 
 @lru_cache(maxsize=1)

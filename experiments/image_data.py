@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from experiments.data import _is_validation
+from experiments.data import _is_validation, hub_error
 from experiments.errors import UserError
 from experiments.spec import DataSpec
 
@@ -143,11 +143,7 @@ def _rows(spec: DataSpec) -> Iterator[tuple[str, object]]:
         except UserError:
             raise
         except Exception as exc:  # offline, unknown name, gated: all look alike from here
-            raise UserError(
-                f"data.name: cannot stream hub dataset {spec.name!r} ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); this needs network access to the Hugging Face hub, or use "
-                "source: images with a local copy"
-            ) from None
+            raise hub_error(spec, exc, "images") from None
         return
     for builder, files in _group(spec.paths):
         try:

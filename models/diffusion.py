@@ -40,7 +40,7 @@ from torch import nn
 
 from models.family import ParamCount, register
 from models.images import (count_params, discretized_gaussian_log_likelihood, measured_flops_per_sample,
-                           meta_model, png_grid, to_signed, unwrap)
+                           meta_model, param_dtype, png_grid, random_images, to_signed, unwrap)
 from models.transformer import Block
 
 EVAL_TIMESTEPS = 16  # timesteps in the held-out grid
@@ -262,13 +262,9 @@ class UNet(nn.Module):
 
 # --- the family -----------------------------------------------------------------------------
 
-def _dtype(model: nn.Module) -> torch.dtype:
-    return next(unwrap(model).parameters()).dtype
-
-
 def _predict(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """ε̂ in float32, whatever precision the model's weights are in."""
-    return model(x.to(_dtype(model)), t).float()
+    return model(x.to(param_dtype(model)), t).float()
 
 
 @register("diffusion")
@@ -357,8 +353,7 @@ class DiffusionFamily:
         return measured_flops_per_sample(self, shape)
 
     def example_batch(self, shape: DiffusionShape, batch_size: int) -> torch.Tensor:
-        return torch.randint(0, 256, (batch_size, shape.channels, shape.image_size, shape.image_size),
-                             dtype=torch.uint8)
+        return random_images(shape, batch_size)
 
     def tiny(self) -> DiffusionShape:
         return DiffusionShape(d_model=32, n_layers=2, n_heads=2, patch=2, image_size=8, channels=1)

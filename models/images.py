@@ -94,3 +94,14 @@ def png_grid(images: torch.Tensor, ncol: int | None = None) -> bytes:
 def unwrap(model: nn.Module) -> nn.Module:
     """The user model inside a DeepSpeed engine (or the model itself)."""
     return getattr(model, "module", model)
+
+
+def param_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's weights (bf16 under DeepSpeed's bf16 mode): inputs are cast to it."""
+    return next(unwrap(model).parameters()).dtype
+
+
+def random_images(shape, batch_size: int) -> torch.Tensor:
+    """A random uint8 batch [B, C, H, W] at the shape's ``channels`` and ``image_size``."""
+    return torch.randint(0, 256, (batch_size, shape.channels, shape.image_size, shape.image_size),
+                         dtype=torch.uint8)

@@ -33,7 +33,8 @@ from torch import nn
 
 from models.family import ParamCount, register
 from models.images import (binarize, count_params, discretized_gaussian_log_likelihood,
-                           measured_flops_per_sample, meta_model, png_grid, to_signed, unwrap)
+                           measured_flops_per_sample, meta_model, param_dtype, png_grid, random_images,
+                           to_signed, unwrap)
 
 EVAL_SEED = 20240602
 
@@ -117,10 +118,6 @@ class VAE(nn.Module):
         return self.decode(z), mean, log_var, z
 
 
-def _dtype(model: nn.Module) -> torch.dtype:
-    return next(unwrap(model).parameters()).dtype
-
-
 @register("vae")
 class VAEFamily:
     """Convolutional VAEs; data unit: samples (images); ``loss`` is −ELBO in nats/dim."""
@@ -159,7 +156,7 @@ class VAEFamily:
         """(reconstruction −log p(x|z), KL) per image, nats, for posterior noise ``noise``."""
         shape = unwrap(model).shape
         x = self.targets(shape, batch)
-        out, mean, log_var, _ = model(x.to(_dtype(model)), noise.to(_dtype(model)))
+        out, mean, log_var, _ = model(x.to(param_dtype(model)), noise.to(param_dtype(model)))
         return -self.log_likelihood(shape, x, out), self.kl(mean, log_var)
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -197,13 +194,13 @@ class VAEFamily:
         """−log (1/k) Σ_i p(x, z_i) / q(z_i | x), z_i ~ q(z|x), per image [B] (nats)."""
         vae = unwrap(model)
         x = self.targets(vae.shape, batch)
-        mean, log_var = vae.encode(x.to(_dtype(model)))
+        mean, log_var = vae.encode(x.to(param_dtype(model)))
         mean, log_var = mean.float(), log_var.float()
         terms = []
         for _ in range(k):
             eps = torch.randn(mean.shape, generator=gen).to(mean.device)
             z = mean + torch.exp(0.5 * log_var) * eps
-            log_px = self.log_likelihood(vae.shape, x, vae.decode(z.to(_dtype(model))))
+            log_px = self.log_likelihood(vae.shape, x, vae.decode(z.to(param_dtype(model))))
             log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
             log_qz = -0.5 * (eps.pow(2) + log_var + math.log(2 * math.pi)).sum(1)
             terms.append(log_px + log_pz - log_qz)
@@ -217,8 +214,7 @@ class VAEFamily:
         return measured_flops_per_sample(self, shape)
 
     def example_batch(self, shape: VAEShape, batch_size: int) -> torch.Tensor:
-        return torch.randint(0, 256, (batch_size, shape.channels, shape.image_size, shape.image_size),
-                             dtype=torch.uint8)
+        return random_images(shape, batch_size)
 
     def tiny(self) -> VAEShape:
         return VAEShape(width=8, depth=1, latent=4)
@@ -241,7 +237,7 @@ class VAEFamily:
     def decode_mean(self, model: nn.Module, z: torch.Tensor) -> torch.Tensor:
         """The decoder's mean image in [−1, 1] (Bernoulli: the probabilities, rescaled)."""
         vae = unwrap(model)
-        out = vae.decode(z.to(_dtype(model))).float()
+        out = vae.decode(z.to(param_dtype(model))).float()
         if vae.shape.likelihood == "bernoulli":
             return torch.sigmoid(out) * 2 - 1
         return out.chunk(2, dim=1)[0].clamp(-1, 1)
@@ -254,7 +250,7 @@ class VAEFamily:
         vae = unwrap(model)
         real = torch.cat(batches)[:n]
         x = self.targets(vae.shape, real)
-        mean, _ = vae.encode(x.to(_dtype(model)))
+        mean, _ = vae.encode(x.to(param_dtype(model)))
         recon = self.decode_mean(model, mean)
         shown = to_signed(real) if vae.shape.likelihood == "gaussian" else x * 2 - 1
         gen = torch.Generator().manual_seed(0)

@@ -102,7 +102,6 @@ def test_without_errors_the_scatter_decides_and_a_caveat_says_so():
 
 
 def test_too_few_points_ties_and_bad_x():
-    assert _run.__defaults__  # (keeps flake quiet about the helper)
     r = analyse_series(X[:3], np.array([0.1, 0.2, 0.9]), MetricSpec("acc"), axis="N", se=SE[:3])
     assert r.verdict == "not_enough_data" and r.threshold is None
     x = np.array([1e9, 1e9, 1e10, 1e10, 1e11, 1e12, -5.0, np.nan])
