@@ -181,20 +181,17 @@ def trial_batches(cfg: TrialConfig):
     if cfg.data_unit == "tokens":
         data = load_tokens(cfg.data, train_tokens=cfg.tokens + 1,
                            validation_tokens=cfg.validation_tokens + tr.seq_len)
-        if cfg.probes.tasks:  # capability probes replace some training sequences
-            from experiments.probes import mix_into
 
-            return (
-                lambda step, rank, world: mix_into(train_batch(data.train, step, tr.batch_size, tr.seq_len, rank, world),
-                                                   cfg.probes, step, tr.batch_size, rank, world),
-                lambda rank, world: validation_batches(data.validation, cfg.validation_tokens, tr.seq_len,
-                                                       tr.batch_size, rank, world),
-            )
-        return (
-            lambda step, rank, world: train_batch(data.train, step, tr.batch_size, tr.seq_len, rank, world),
-            lambda rank, world: validation_batches(data.validation, cfg.validation_tokens, tr.seq_len,
-                                                   tr.batch_size, rank, world),
-        )
+        def batch(step: int, rank: int, world: int):
+            rows = train_batch(data.train, step, tr.batch_size, tr.seq_len, rank, world)
+            if cfg.probes.tasks:  # capability probes replace some training sequences
+                from experiments.probes import mix_into
+
+                rows = mix_into(rows, cfg.probes, step, tr.batch_size, rank, world)
+            return rows
+
+        return batch, lambda rank, world: validation_batches(
+            data.validation, cfg.validation_tokens, tr.seq_len, tr.batch_size, rank, world)
     images = load_images(cfg.data, train_samples=cfg.tokens, validation_samples=cfg.validation_tokens)
     return (
         lambda step, rank, world: image_train_batch(images.train, step, tr.batch_size, rank, world),
