@@ -85,7 +85,7 @@ def _emergence(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from analysis.emergence import detect_sweep, detect_table, summary, to_document
+    from analysis.emergence_tables import detect_sweep, detect_table, summary, to_document
 
     if Path(args.source).is_dir():
         results, warnings = detect_sweep(args.source, bootstrap=args.bootstrap, seed=args.seed)
