@@ -41,14 +41,21 @@ def detect_table(source: str, *, x_col: str, y_cols: list[str], stderr_cols: lis
     return detect(table, x_col, specs, group_col=group_col, loss_axis=loss_axis, bootstrap=bootstrap, seed=seed)
 
 
+def last_capability_values(evals: pd.DataFrame) -> pd.DataFrame:
+    """Columns trial_id, metric, value: each trial's value of every capability metric (evals
+    rows named TASK/NAME, their _stderr rows included) at its last evaluation point."""
+    cap = evals[evals["metric"].astype(str).str.contains("/", regex=False)]
+    last = cap.sort_values("step").groupby(["trial_id", "metric"], as_index=False).last()
+    return last[["trial_id", "metric", "value"]]
+
+
 def capability_table(trials: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     """One row per completed trial: its scale columns and the last value of every capability
-    metric (evals rows named TASK/NAME)."""
-    cap = evals[evals["metric"].astype(str).str.contains("/", regex=False)]
-    if cap.empty:
+    metric."""
+    last = last_capability_values(evals)
+    if last.empty:
         raise AnalysisError("no capability metrics in evals.parquet (rows whose metric is TASK/NAME, "
                             "e.g. addition/exact_match): the sweep recorded no capability probes")
-    last = cap.sort_values("step").groupby(["trial_id", "metric"], as_index=False).last()
     wide = last.pivot(index="trial_id", columns="metric", values="value").reset_index()
     done = trials[trials["status"] == "completed"]
     cols = ["trial_id", "family"] + [c for c, _ in SWEEP_AXES]

@@ -144,15 +144,13 @@ def _shape(spec: SweepSpec, i: int, size: SizeSpec, context: dict, located: Loca
     family = get_family(spec.family)
     fields = {f.name for f in dataclasses.fields(family.shape_type)}
     options = spec.model.options()
-    for name in options:
-        if name not in fields:
-            key = {"schedule": "noise_schedule"}.get(name, name)
+    for key, name in spec.model.OPTION_FIELDS.items():
+        if name in options and name not in fields:
             raise located.error(("model", key), f"family {spec.family!r} has no option {key!r}")
     explicit = size.shape_fields()
     unknown = sorted(set(explicit) - fields)
-    if unknown:
-        expected = sorted(fields - set(context) - set(options) - {"backbone", "schedule", "likelihood",
-                                                                  "iw_samples", "timesteps"})
+    if unknown:  # the size fields the family has: not set from the data, by options, or fixed
+        expected = sorted(fields - set(context) - set(spec.model.OPTION_FIELDS.values()) - {"timesteps"})
         raise located.error(("model", "sizes", i, unknown[0]),
                             f"not a shape field of family {spec.family!r}; expected {expected}")
     try:

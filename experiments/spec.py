@@ -72,10 +72,13 @@ class ModelSpec:
         if self.aspect_ratio < 1 or self.head_dim < 1:
             raise ValueError("aspect_ratio and head_dim must be positive")
 
+    # the shape field each option sets
+    OPTION_FIELDS = {"backbone": "backbone", "noise_schedule": "schedule", "likelihood": "likelihood",
+                     "iw_samples": "iw_samples"}
+
     def options(self) -> dict[str, object]:
         """The options given, under the names of the shape fields they set."""
-        named = {"backbone": self.backbone, "schedule": self.noise_schedule,
-                 "likelihood": self.likelihood, "iw_samples": self.iw_samples}
+        named = {field: getattr(self, option) for option, field in self.OPTION_FIELDS.items()}
         return {k: v for k, v in named.items() if v is not None}
 
 

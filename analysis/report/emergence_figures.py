@@ -20,10 +20,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analysis.emergence import DISCONTINUOUS, STDERR_SUFFIX
+from analysis.emergence_tables import last_capability_values
 from analysis.report.figures import data_unit, size_colourbar
 from analysis.report.style import OKABE_ITO, TEMPLATE, axis_label, scale_colours
 
-DISCONTINUOUS = ("exact_match", "em", "acc", "accuracy")
 AXIS_COLUMNS = {"N": "n_params", "D": "tokens", "C": "flops"}
 AXIS_ALIASES = {"n_params": "N", "params": "N", "tokens": "D", "samples": "D", "flops": "C", "compute": "C"}
 
@@ -33,7 +34,7 @@ def capability_tasks(evals: pd.DataFrame | None) -> dict[str, list[str]]:
     if evals is None or evals.empty:
         return {}
     tasks: dict[str, list[str]] = {}
-    for metric in sorted(m for m in evals["metric"].unique() if "/" in str(m) and not str(m).endswith("_stderr")):
+    for metric in sorted(m for m in evals["metric"].unique() if "/" in str(m) and not str(m).endswith(STDERR_SUFFIX)):
         task, name = str(metric).split("/", 1)
         tasks.setdefault(task, []).append(name)
     return {t: sorted(names, key=lambda n: (n not in DISCONTINUOUS, n)) for t, names in tasks.items()}
@@ -41,9 +42,7 @@ def capability_tasks(evals: pd.DataFrame | None) -> dict[str, list[str]]:
 
 def final_capabilities(trials: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     """One row per (trial, capability metric): its value at the trial's last evaluation."""
-    cap = evals[evals["metric"].astype(str).str.contains("/", regex=False)]
-    last = cap.sort_values("step").groupby(["trial_id", "metric"], as_index=False).last()
-    return last[["trial_id", "metric", "value"]].merge(
+    return last_capability_values(evals).merge(
         trials[["trial_id", "n_params", "tokens", "flops", "status"]], on="trial_id")
 
 
