@@ -15,6 +15,10 @@ import numpy as np
 import pandas as pd
 
 
+# Roles of trials.parquet rows that are not fit points: a wsd sweep's constant-LR trunks and
+# the runs of an LR search (experiments.planner.TrialConfig.role).
+NOT_POINTS = ("trunk", "lr_search")
+
 class AnalysisError(ValueError):
     """Bad input to an analysis (missing column, too few points, unreadable table). The
     message names what is missing and what is needed; the CLI exits with status 2."""
@@ -80,6 +84,9 @@ def load_points(source: str | Path | pd.DataFrame, *, n_col: str = "n_params", d
         out["budget"] = pd.to_numeric(table["compute_budget"], errors="coerce")
     warnings = []
     keep = pd.Series(True, index=out.index)
+    if "role" in table.columns:  # a wsd sweep's trunks and an LR search's runs are not fit points
+        helper = table["role"].astype(str).isin(NOT_POINTS)
+        keep &= ~helper
     if status_col in table.columns:
         bad_status = table[status_col].astype(str) != "completed"
         if bad_status.any():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from cluster.results import ResultsStore, evals_frame, trials_frame
+from cluster.results import BranchCheckpoints, ResultsStore, evals_frame, trials_frame
 from cluster.trial import TRIAL_KEY
 from experiments.planner import TrialConfig
 
@@ -124,6 +124,16 @@ class TableRecorder(Callback):
             finished_at=datetime.now(timezone.utc),
         )
         self.flush()
+        if row.get("role") == "branch" and row["status"] == "completed":
+            self._release(row)
+
+    def _release(self, row: dict) -> None:
+        """A completed wsd branch no longer needs its trunk's checkpoint at its branch point."""
+        try:
+            BranchCheckpoints(self.store.uri).release(row["parent"], int(row["branch_step"]))
+        except OSError as exc:  # a leftover checkpoint costs disk, not results
+            print(f"warning: {row['trial_id']}: cannot delete the trunk checkpoint it started from: {exc}",
+                  file=sys.stderr, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         trial_id = _trial_id(trial)

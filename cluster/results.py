@@ -6,8 +6,10 @@ Layout of a sweep folder (``results/<sweep>/`` or ``--storage``)::
     plan.json        the planned TrialConfigs
     trials.parquet   one row per trial (columns: README, "Results tables")
     evals.parquet    one row per (trial, evaluation point, metric)
-    tune/            Ray Tune's experiment folder (restored by --resume)
+    tune/            Ray Tune's experiment folder (restored by --resume); a sweep with an LR
+                     search or a wsd schedule has one per phase: tune-lr/, tune/, tune-branches/
     train/           Ray Train runs of multi-worker trials
+    checkpoints/     wsd trunks' checkpoints at branch points, each deleted when its branch completes
 
 Tables are rewritten whole, to a temporary name and then renamed, so a reader in another
 process sees either the old or the new table, never half of one (on object stores, where
@@ -111,6 +113,12 @@ def planned_row(cfg: TrialConfig, entropy_rate: float | None) -> dict:
         "node_id": "",
         "seed": cfg.seed,
         "lr": cfg.training.lr,
+        "lr_chosen_by": cfg.lr_chosen_by,
+        "schedule": cfg.training.schedule,
+        "role": cfg.role,
+        "parent": cfg.parent,
+        "branch_step": cfg.start_step,
+        "flops_paid": cfg.flops_paid,
         "batch_size": cfg.training.batch_size,
         "seq_len": cfg.training.seq_len,
         "data_source": cfg.data.source,
@@ -141,3 +149,60 @@ def evals_frame(rows: list[dict]) -> pd.DataFrame:
     # A trial resumed from a checkpoint re-reports the points after it: keep the newest.
     df = df.drop_duplicates(subset=["trial_id", "step", "metric"], keep="last")
     return df.astype({"step": "int64", "tokens": "int64", "flops": "float64", "value": "float64"})
+
+
+class BranchCheckpoints:
+    """A wsd trunk's checkpoints at its branch points, in the results store under
+    ``checkpoints/<trunk id>/step-<n>/``, where the branches (other trials, possibly on other
+    nodes) find them. Every rank writes its own DeepSpeed files (ZeRO shards) to a local
+    folder and uploads them; rank 0 then writes ``COMPLETE``, which a branch requires, so a
+    trunk killed mid-upload leaves nothing a branch would load."""
+
+    MARKER = "COMPLETE"
+
+    def __init__(self, uri: str) -> None:
+        self.store = ResultsStore(uri)
+
+    def folder(self, trunk_id: str, step: int) -> str:
+        return f"checkpoints/{trunk_id}/step-{step}"
+
+    def available(self, trunk_id: str, step: int) -> bool:
+        return self.store.exists(f"{self.folder(trunk_id, step)}/{self.MARKER}")
+
+    def save(self, engine, trunk_id: str, step: int, tag: str, client_state: dict) -> None:
+        import tempfile
+
+        import torch.distributed as dist
+
+        target = self.store.path(self.folder(trunk_id, step))
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        with tempfile.TemporaryDirectory(prefix="scalinglab-branch-") as tmp:
+            engine.save_checkpoint(tmp, tag=tag, client_state=client_state)
+            self.store.fs.create_dir(target, recursive=True)
+            pafs.copy_files(tmp, target, source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.store.fs)
+        if world > 1:
+            dist.barrier()  # every rank's files are up before the marker
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            self.store.write_bytes(f"{self.folder(trunk_id, step)}/{self.MARKER}", b"")
+
+    def load(self, engine, trunk_id: str, step: int, tag: str) -> dict:
+        """Load the trunk's state at ``step`` into ``engine``; returns its client state."""
+        import tempfile
+
+        if not self.available(trunk_id, step):
+            raise RuntimeError(
+                f"trunk {trunk_id} has no checkpoint at step {step} in {self.store.uri}/checkpoints: the trunk "
+                "failed or stopped before it (see its row in trials.parquet), or the branch already completed")
+        with tempfile.TemporaryDirectory(prefix="scalinglab-branch-") as tmp:
+            pafs.copy_files(self.store.path(self.folder(trunk_id, step)), tmp,
+                            source_filesystem=self.store.fs, destination_filesystem=pafs.LocalFileSystem())
+            _, client = engine.load_checkpoint(tmp, tag=tag)
+        return client or {}
+
+    def release(self, trunk_id: str, step: int) -> None:
+        """Delete a checkpoint no branch needs any more (and the trunk's folder once empty)."""
+        self.store.fs.delete_dir(self.store.path(self.folder(trunk_id, step)))
+        trunk = self.store.path(f"checkpoints/{trunk_id}")
+        if not self.store.fs.get_file_info(pafs.FileSelector(trunk, allow_not_found=True)):
+            self.store.fs.delete_dir(trunk)

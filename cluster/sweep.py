@@ -25,6 +25,8 @@ from experiments.spec import SweepSpec, load_spec, resolve_data_paths
 
 FINAL = {"completed", "diverged", "failed"}  # statuses a resumed sweep keeps (failed: unless retried)
 TUNE_DIR = "tune"
+LR_TUNE_DIR = "tune-lr"  # the LR-search phase
+BRANCH_TUNE_DIR = "tune-branches"  # the wsd cooldown branches' phase
 TRAIN_DIR = "train"
 RUNS_FILE = "run.json"  # one entry per run of the sweep command (the report's header reads it)
 
@@ -74,11 +76,18 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     finished = {tid: _final_metrics(r) for tid, r in rows.items() if r["status"] in FINAL}
     recorder = TableRecorder(store, rows, evals, replayed=set(finished))
     printer = ProgressPrinter(rows, interval_s=progress_interval_s)
-    limit = max_concurrent or spec.resources.max_concurrent or default_concurrency(trials, resources)
-    tuner = _tuner(trials, uri, resume, retry_failed, verbose, finished, limit, spec.max_failures)
     ACTIVE[:] = [recorder, printer]
     try:
-        tuner.fit()
+        phases = sweep_phases(trials)
+        for k, (tune_dir, what, phase) in enumerate(phases):
+            if tune_dir != LR_TUNE_DIR and any(t.role == "lr_search" for t in trials):
+                phase = _apply_lr_search(trials, phase, rows)
+            if len(phases) > 1:
+                _say(f"phase {k + 1}/{len(phases)}: {len(phase)} {what}")
+            finished = {tid: _final_metrics(r) for tid, r in rows.items() if r["status"] in FINAL}
+            recorder.replayed = set(finished)
+            limit = max_concurrent or spec.resources.max_concurrent or default_concurrency(phase, resources)
+            _tuner(phase, uri, tune_dir, resume, retry_failed, verbose, finished, limit, spec.max_failures).fit()
     finally:
         recorder.on_experiment_end(trials=[])
         ACTIVE.clear()
@@ -174,7 +183,37 @@ def _final_metrics(row: dict) -> dict:
             "elapsed_s": float(row["wall_s"])}
 
 
-def _tuner(trials, uri, resume, retry_failed, verbose, finished, limit, max_failures):
+def sweep_phases(trials: list[TrialConfig]) -> list[tuple[str, str, list[TrialConfig]]]:
+    """(Tune folder, description, trials) per phase, in order: a size's LR search before its
+    runs, a wsd trunk before its branches. A sweep without either is one phase in ``tune/``."""
+    by_role = {role: [t for t in trials if t.role == role] for role in ("lr_search", "trunk", "point", "branch")}
+    phases = [(LR_TUNE_DIR, "LR-search runs", by_role["lr_search"]),
+              (TUNE_DIR, "wsd trunks" if by_role["trunk"] else "trials", by_role["trunk"] + by_role["point"]),
+              (BRANCH_TUNE_DIR, "wsd cooldown branches", by_role["branch"])]
+    return [p for p in phases if p[2]]
+
+
+def _apply_lr_search(all_trials: list[TrialConfig], phase: list[TrialConfig], rows: dict[str, dict]) -> list[TrialConfig]:
+    """The phase's trials with each size's searched LR, also written into their rows."""
+    from experiments.planner import with_chosen_lrs
+
+    losses = {tid: float(r["final_loss"]) for tid, r in rows.items() if r["status"] == "completed"}
+    updated, chosen = with_chosen_lrs(all_trials, losses)
+    by_id = {t.trial_id: t for t in updated}
+    out = [by_id[t.trial_id] for t in phase]
+    for t in out:
+        row = rows[t.trial_id]
+        if row["status"] not in FINAL:
+            row.update(lr=t.training.lr, lr_chosen_by=t.lr_chosen_by, config=t.to_json())
+    if phase and phase[0].role in ("trunk", "point"):  # say it once, before the first phase that uses it
+        for i, (lr, candidates) in sorted(chosen.items()):
+            tried = ", ".join(f"{c:g}: {v:.4f}" for c, v in sorted(candidates.items()))
+            _say(f"lr search, size {i}: {'best ' + format(lr, 'g') if lr is not None else 'no candidate completed'}"
+                 f" (final loss by LR: {tried})")
+    return out
+
+
+def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit, max_failures):
     from ray import tune
 
     from cluster.monitor import Dispatch
@@ -184,7 +223,7 @@ def _tuner(trials, uri, resume, retry_failed, verbose, finished, limit, max_fail
                              verbose=verbose, finished=finished),
         resources_for,
     )
-    tune_path = f"{uri.rstrip('/')}/{TUNE_DIR}"
+    tune_path = f"{uri.rstrip('/')}/{tune_dir}"
     if resume and tune.Tuner.can_restore(tune_path):
         return tune.Tuner.restore(
             tune_path, trainable=trainable, resume_unfinished=True,
@@ -200,7 +239,7 @@ def _tuner(trials, uri, resume, retry_failed, verbose, finished, limit, max_fail
             trial_dirname_creator=lambda trial: ids[trial.config[TRIAL_KEY]],
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR,
+            name=tune_dir,
             storage_path=uri,
             verbose=0,
             callbacks=[Dispatch()],
@@ -244,6 +283,10 @@ def report_sweep(outcome: SweepOutcome, fits: list, fit_error: str | None = None
 def summary_table(trials: pd.DataFrame) -> str:
     """Final loss (in the family's loss unit) by N (rows) and D (columns), then failures."""
     done = trials[trials["status"] == "completed"]
+    if "role" in done:  # trunks and LR-search runs are not points of the N x D grid
+        from analysis.points import NOT_POINTS
+
+        done = done[~done["role"].isin(NOT_POINTS)]
     lines = []
     if len(done):
         table = done.pivot_table(index="n_params", columns="tokens", values="final_loss", aggfunc="first")

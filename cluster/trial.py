@@ -76,6 +76,15 @@ def artifact_saver(results_uri: str, trial_id: str):
     return save
 
 
+def branch_points(results_uri: str, cfg: TrialConfig):
+    """Where a wsd trunk saves, and its branches find, the branch-point checkpoints."""
+    if not results_uri or cfg.role not in ("trunk", "branch"):
+        return None
+    from cluster.results import BranchCheckpoints
+
+    return BranchCheckpoints(results_uri)
+
+
 def _run_in_process(cfg: TrialConfig, results_uri: str) -> None:
     import ray
     import torch
@@ -95,12 +104,12 @@ def _run_in_process(cfg: TrialConfig, results_uri: str) -> None:
         tune.report(metrics, checkpoint=ckpt)
 
     try:
-        save = artifact_saver(results_uri, cfg.trial_id)
+        save, points = artifact_saver(results_uri, cfg.trial_id), branch_points(results_uri, cfg)
         if restore is None:
-            run_worker(cfg, WorkerContext(0, 1, report, None, _node_id(ray), save))
+            run_worker(cfg, WorkerContext(0, 1, report, None, _node_id(ray), save, points))
         else:
             with restore.as_directory() as path:
-                run_worker(cfg, WorkerContext(0, 1, report, path, _node_id(ray), save))
+                run_worker(cfg, WorkerContext(0, 1, report, path, _node_id(ray), save, points))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -152,12 +161,14 @@ def _train_worker(loop_config: dict) -> None:
 
     restore = ray.train.get_checkpoint()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    save = artifact_saver(loop_config.get("results_uri", ""), cfg.trial_id) if rank == 0 else None
+    uri = loop_config.get("results_uri", "")
+    save = artifact_saver(uri, cfg.trial_id) if rank == 0 else None
+    points = branch_points(uri, cfg)
     if restore is None:
-        run_worker(cfg, WorkerContext(rank, world, report, None, _node_id(ray), save))
+        run_worker(cfg, WorkerContext(rank, world, report, None, _node_id(ray), save, points))
     else:
         with restore.as_directory() as path:
-            run_worker(cfg, WorkerContext(rank, world, report, path, _node_id(ray), save))
+            run_worker(cfg, WorkerContext(rank, world, report, path, _node_id(ray), save, points))
 
 
 def _quiet_worker(verbose: bool, cfg: TrialConfig) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from experiments.data import vocab_size
-from experiments.spec import DataSpec, ProbeSpec, SizeSpec, SweepSpec, SyntheticSpec, TrainingSpec
+from experiments.spec import DataSpec, LRSearchSpec, ProbeSpec, SizeSpec, SweepSpec, SyntheticSpec, TrainingSpec
 from experiments.yamlio import Located
 from models import family_names, get_family
 
@@ -53,6 +53,23 @@ class TrialConfig:
     data_unit: str = "tokens"  # what ``tokens`` counts: "tokens" or "samples"
     sample_grid: int = 0  # images per sample grid saved at the end (image families)
     probes: ProbeSpec = ProbeSpec()  # capability probes (language models)
+    # Roles: "point" (one trial, one fit point), "lr_search" (a size's LR candidate), and for
+    # the wsd schedule "trunk" (a size's constant-LR run, saving a checkpoint at every
+    # branch point) and "branch" (a budget's cooldown, started from its parent trunk's
+    # checkpoint at step start_step). Trunks and LR-search runs are not fit points.
+    role: str = "point"
+    size_index: int = 0  # which spec.model.sizes entry (LR choices are per size)
+    parent: str = ""  # branch: its trunk's trial id
+    start_step: int = 0  # branch: the trunk step it continues from
+    save_steps: tuple[int, ...] = ()  # trunk: steps at which branches start
+    warmup_steps: int = -1  # linear warmup from 0; -1: warmup_fraction of this trial's steps
+    decay_start: int = 0  # wsd: the step the cooldown starts (a trunk: its end, never)
+    flops_paid: float = 0.0  # FLOPs this trial alone trains (a branch: its cooldown only)
+    lr_chosen_by: str = "spec"  # "spec", or "search" once the size's LR search has run
+
+    @property
+    def paid_steps(self) -> int:
+        return self.steps - self.start_step
 
     @property
     def seed(self) -> int:
@@ -75,6 +92,7 @@ class TrialConfig:
         d["data"] = DataSpec(**data)
         d["training"] = TrainingSpec(**d["training"])
         d["eval_steps"] = tuple(d["eval_steps"])
+        d["save_steps"] = tuple(d.get("save_steps", ()))
         if "probes" in d:
             d["probes"] = ProbeSpec(**{**d["probes"], "tasks": tuple(d["probes"]["tasks"])})
         return cls(**d)
@@ -88,16 +106,95 @@ def plan(spec: SweepSpec, located: Located) -> list[TrialConfig]:
     context = _data_context(spec, family)
     shapes = [_shape(spec, i, size, context, located) for i, size in enumerate(spec.model.sizes)]
     trials: list[TrialConfig] = []
+    search = spec.training.lr if isinstance(spec.training.lr, LRSearchSpec) else None
     for i, (size, shape) in enumerate(zip(spec.model.sizes, shapes)):
         fpt = family.flops_per_unit(shape)
         if spec.budgets.kind == "grid":
             budgets = [(j, units, None) for j, units in enumerate(spec.budgets.data)]
         else:
             budgets = [(j, c / fpt, c) for j, c in enumerate(spec.budgets.flops)]
-        for j, tokens_planned, c in budgets:
-            trials.append(_trial(spec, located, family, size, shape, i, j, tokens_planned, c))
+        points = [_trial(spec, located, family, size, shape, i, j, tokens_planned, c)
+                  for j, tokens_planned, c in budgets]
+        if spec.training.schedule == "wsd":
+            points = wsd_ladder(points, spec, located)
+        trials += points
+        if search is not None:
+            trials += _lr_search_trials(spec, located, family, size, shape, i, search, min(b[1] for b in budgets))
     _dedupe_ids(trials)
     return sorted(trials, key=lambda t: (-t.flops, t.trial_id))
+
+
+def wsd_ladder(points: list[TrialConfig], spec: SweepSpec, located: Located) -> list[TrialConfig]:
+    """One size's budgets as a WSD ladder: a trunk at constant LR to the latest branch point,
+    and per budget a branch that decays over its last ``cooldown_fraction`` of steps,
+    starting from the trunk's checkpoint there (module docstring of ``experiments.schedules``)."""
+    tr = spec.training
+    warmup = round(tr.warmup_fraction * min(p.steps for p in points))
+    starts = {}
+    for p in points:
+        cooldown = max(1, round(tr.cooldown_fraction * p.steps))
+        starts[p.trial_id] = p.steps - cooldown
+        if starts[p.trial_id] < max(warmup, 1):
+            raise located.error(("budgets",), f"{p.trial_id}: a wsd branch needs its branch point (step "
+                                f"{starts[p.trial_id]} of {p.steps}) after the warmup ({warmup} steps); "
+                                "raise the smallest budget or lower training.cooldown_fraction / warmup_fraction")
+    first = points[0]
+    trunk_steps = max(starts.values())
+    save = tuple(sorted(set(starts.values())))
+    per_step = first.tokens_per_step
+    trunk_id = first.trial_id.replace(f"-d{_si(first.tokens)}-", "-trunk-", 1)
+    trunk = dataclasses.replace(
+        first, trial_id=trunk_id, role="trunk", tokens=trunk_steps * per_step, tokens_planned=float(trunk_steps * per_step),
+        steps=trunk_steps, flops=first.flops_per_token * trunk_steps * per_step, compute_budget=None,
+        eval_steps=tuple(sorted(set(eval_steps(trunk_steps, spec.evaluation.points)) | set(save))),
+        save_steps=save, warmup_steps=warmup, decay_start=trunk_steps,
+        flops_paid=first.flops_per_token * trunk_steps * per_step,
+    )
+    branches = []
+    for p in points:
+        b = starts[p.trial_id]
+        cooldown_evals = {b + round((p.steps - b) * k / spec.evaluation.points)
+                          for k in range(1, spec.evaluation.points + 1)}
+        branches.append(dataclasses.replace(
+            p, role="branch", parent=trunk_id, start_step=b, warmup_steps=warmup, decay_start=b,
+            eval_steps=tuple(sorted(s for s in cooldown_evals if s > b)),
+            flops_paid=p.flops_per_token * (p.steps - b) * per_step,
+        ))
+    return [trunk] + branches
+
+
+def _lr_search_trials(spec, located, family, size, shape, i, search: LRSearchSpec, smallest: float) -> list[TrialConfig]:
+    """A size's LR candidates, each one run at the search budget with the sweep's schedule."""
+    base = _trial(spec, located, family, size, shape, i, 0, search.budget or smallest, None)
+    if spec.training.schedule == "wsd":
+        cooldown = max(1, round(spec.training.cooldown_fraction * base.steps))
+        base = dataclasses.replace(base, decay_start=base.steps - cooldown)
+    return [dataclasses.replace(base, trial_id=f"{base.trial_id}-lr{lr:g}", role="lr_search", compute_budget=None,
+                                training=dataclasses.replace(base.training, lr=lr), lr_chosen_by="candidate")
+            for lr in search.search]
+
+
+def with_chosen_lrs(trials: list[TrialConfig], final_losses: dict[str, float]) -> tuple[list[TrialConfig], dict]:
+    """The trials with each size's LR set to its best LR-search candidate (lowest final loss
+    among ``final_losses``, by trial id). Returns (trials, {size_index: (lr, {lr: loss})})."""
+    chosen: dict[int, tuple[float, dict]] = {}
+    for t in trials:
+        if t.role == "lr_search":
+            lr, losses = chosen.get(t.size_index, (None, {}))
+            losses[t.training.lr] = final_losses.get(t.trial_id, float("nan"))
+            chosen[t.size_index] = (None, losses)
+    for i, (_, losses) in list(chosen.items()):
+        finite = {lr: v for lr, v in losses.items() if np.isfinite(v)}
+        if finite:
+            chosen[i] = (min(finite, key=finite.get), losses)
+    out = []
+    for t in trials:
+        if t.role != "lr_search" and t.size_index in chosen:
+            lr = chosen[t.size_index][0]
+            t = (dataclasses.replace(t, training=dataclasses.replace(t.training, lr=lr), lr_chosen_by="search")
+                 if lr is not None else dataclasses.replace(t, lr_chosen_by="search failed: middle candidate"))
+        out.append(t)
+    return out, chosen
 
 
 IMAGE_SOURCES = ("digits", "procedural", "images", "hub")
@@ -204,6 +301,8 @@ def _trial(spec, located, family, size, shape, i, j, tokens_planned, c) -> Trial
     params = family.num_params(shape)
     tokens = steps * per_step
     fpt = family.flops_per_unit(shape)
+    if isinstance(tr.lr, LRSearchSpec):  # a placeholder until the size's search has run
+        tr = dataclasses.replace(tr, lr=sorted(tr.lr.search)[len(tr.lr.search) // 2])
     return TrialConfig(
         trial_id=_trial_id(family, params.scaling, tokens, tr.seed),
         sweep=spec.name,
@@ -229,6 +328,9 @@ def _trial(spec, located, family, size, shape, i, j, tokens_planned, c) -> Trial
         data_unit=unit,
         sample_grid=spec.evaluation.sample_grid if unit == "samples" else 0,
         probes=spec.probes,
+        size_index=i,
+        flops_paid=fpt * tokens,
+        lr_chosen_by="search pending" if isinstance(spec.training.lr, LRSearchSpec) else "spec",
     )
 
 
@@ -285,7 +387,10 @@ def describe(trials: list[TrialConfig]) -> str:
             f"{t.trial_id:<30} {shape:<24} {t.n_params:>9.3g} {t.tokens:>9.3g} {t.flops:>10.3g} "
             f"{t.steps:>6}  {res}"
         )
-    total = sum(t.flops for t in trials)
+    points = sum(t.flops for t in trials if t.role in ("point", "branch"))
+    paid = sum(t.flops_paid for t in trials)
     unit = trials[0].data_unit if trials else "tokens"
-    lines.append(f"{len(trials)} trials, total compute {total:.3g} FLOPs (D in {unit})")
+    lines.append(f"{len(trials)} trials, total compute {paid:.3g} FLOPs (D in {unit})" + (
+        f"; the fit points represent {points:.3g} FLOPs (wsd branches share their trunk's)"
+        if any(t.role != "point" for t in trials) else ""))
     return "\n".join(lines)

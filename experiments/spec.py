@@ -171,12 +171,33 @@ class DataSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LRSearchSpec:
+    """``lr: {search: [...]}``: before the sweep, every size trains once per candidate peak LR
+    on ``budget`` data units (default: the smallest data budget of the grid) with the sweep's
+    schedule; each size's runs then use the LR with the lowest held-out loss."""
+
+    search: tuple[float, ...]
+    budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.search) < 2 or any(v <= 0 for v in self.search) or len(set(self.search)) != len(self.search):
+            raise ValueError("search: at least 2 distinct positive learning rates")
+        if self.budget is not None and self.budget <= 0:
+            raise ValueError("budget must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainingSpec:
     optimizer: Literal["adamw"] = "adamw"
-    lr: float = 3e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the end of the budget
-    warmup_fraction: float = 0.05  # of each trial's steps, linear from 0
-    schedule: Literal["cosine"] = "cosine"
+    lr: float | LRSearchSpec = 3e-3  # peak learning rate, or {search: [...]} (one per size)
+    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
+    warmup_fraction: float = 0.05  # cosine: of each trial's steps; wsd: of the size's smallest budget
+    # cosine: each trial decays over its own budget. wsd (warmup-stable-decay): one constant-LR
+    # trunk per size, and a cooldown branch per budget from the trunk's checkpoint at
+    # (1 - cooldown_fraction) of that budget (README, "WSD ladders").
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    cooldown_fraction: float = 0.2  # wsd: the share of each budget spent decaying
+    cooldown_shape: Literal["linear", "1-sqrt"] = "1-sqrt"  # wsd: how the LR falls to lr * min_lr_ratio
     batch_size: int = 16  # sequences per optimizer step, across all workers
     seq_len: int = 128  # tokens per sequence (the model's context)
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
@@ -186,8 +207,10 @@ class TrainingSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
+        if isinstance(self.lr, (int, float)) and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.cooldown_fraction < 1:
+            raise ValueError(f"cooldown_fraction must be in (0, 1), got {self.cooldown_fraction}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("min_lr_ratio must be in [0, 1]")
         if not 0 <= self.warmup_fraction < 1:

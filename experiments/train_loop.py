@@ -23,13 +23,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from experiments.data import load_tokens, train_batch, validation_batches
 from experiments.image_data import image_train_batch, image_validation_batches, load_images
 from experiments.planner import TrialConfig
+from experiments.schedules import cosine, lr_multiplier
 from models import get_family
 from models.flops import measured_flops_per_unit
 
@@ -44,16 +45,12 @@ class WorkerContext:
     restore_dir: str | None = None  # a checkpoint to continue from
     node_id: str = ""  # where this worker runs (recorded in the trials table)
     save_artifact: Callable[[str, bytes], None] | None = None  # (file name, bytes), rank 0 only
+    branch_points: Any = None  # wsd: cluster.results.BranchCheckpoints (trunks save, branches load)
 
 
 def lr_factor(step: int, steps: int, warmup_fraction: float, min_ratio: float) -> float:
-    """Multiplier of the peak LR for optimizer step ``step`` (0-based): linear warmup over
-    round(warmup_fraction·steps) steps, then cosine to ``min_ratio`` at the last step."""
-    warmup = round(warmup_fraction * steps)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    """The cosine schedule's multiplier with warmup over round(warmup_fraction·steps) steps."""
+    return cosine(step, steps, round(warmup_fraction * steps), min_ratio)
 
 
 def resolve_precision(precision: str) -> str:
@@ -107,9 +104,7 @@ def build_engine(cfg: TrialConfig):
         betas=(tr.beta1, tr.beta2),
         foreach=True,  # multi-tensor kernels: torch only defaults to them on CUDA
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, tr.warmup_fraction, tr.min_lr_ratio)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg)
     )
@@ -138,6 +133,12 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
     if ctx.restore_dir:
         _, client = engine.load_checkpoint(ctx.restore_dir, tag=CHECKPOINT_TAG)
         state.update(client or {})
+    elif cfg.role == "branch":  # a wsd cooldown: continue the trunk's run from the branch point
+        if ctx.branch_points is None:
+            raise RuntimeError(f"{cfg.trial_id}: a wsd branch needs its trunk's checkpoints (no results store given)")
+        ctx.branch_points.load(engine, cfg.parent, cfg.start_step, CHECKPOINT_TAG)
+        state["step"] = cfg.start_step
+        _set_lr(engine, cfg.start_step)
     val = [torch.from_numpy(b).to(engine.device) for b in validation(ctx.rank, ctx.world_size)]
     startup_s = time.perf_counter() - started
     fixed = {"startup_s": startup_s, "flops_measured_per_token": flops_measured,
@@ -153,6 +154,9 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
         engine.backward(loss)
         engine.step()
         step += 1
+        if step in cfg.save_steps:  # a wsd trunk at a branch point
+            ctx.branch_points.save(engine, cfg.trial_id, step, CHECKPOINT_TAG,
+                                   {"step": step, "wall_s": 0.0, "train_s": 0.0})
         mean_loss = _mean_over_workers(loss.detach().float(), ctx.world_size)
         state["train_s"] += time.perf_counter() - t0
         losses.append(mean_loss)
@@ -217,6 +221,14 @@ def _save_artifacts(family, engine, val: list[torch.Tensor], cfg: TrialConfig, c
                       file=sys.stderr, flush=True)
 
 
+def _set_lr(engine, step: int) -> None:
+    """The LR of optimizer step ``step`` under this trial's schedule (a branch loads the
+    trunk's scheduler state, whose last LR was the trunk's, not the cooldown's)."""
+    sched = engine.lr_scheduler
+    for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * fn(step)
+
+
 def _mean_over_workers(value: torch.Tensor, world: int) -> float:
     if world > 1:
         value = value.clone()
@@ -252,7 +264,7 @@ def _progress(cfg, step, losses, engine, state, wall_before, fixed) -> dict:
         "flops": tokens * cfg.flops_per_token,
         "train_loss": sum(losses) / max(1, len(losses)),
         "lr": engine.get_lr()[0],
-        "tokens_per_s": tokens / state["train_s"] if state["train_s"] > 0 else 0.0,
+        "tokens_per_s": (step - cfg.start_step) * cfg.tokens_per_step / state["train_s"] if state["train_s"] > 0 else 0.0,
         "elapsed_s": wall_before + time.perf_counter(),
         "done": False,
         **fixed,
