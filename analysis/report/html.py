@@ -84,6 +84,15 @@ def page(data: ReportData, fits: list[FitResult], fit_error: str | None, section
             + f'<p class="note">Written by scalinglab on {made}.</p><script>{SORT_JS}</script></body></html>')
 
 
+def _compute_spent(t, done) -> str:
+    paid = "flops_paid" in t and "role" in t and bool((t["role"] != "point").any())
+    text = f"{sci(done['flops_paid' if paid else 'flops'].sum())} FLOPs in completed trials"
+    if paid:  # wsd ladders and LR searches: what was paid differs from what the points represent
+        points = done[done["role"].isin(["point", "branch"])]
+        text += f", for fit points that represent {sci(points['flops'].sum())} FLOPs"
+    return text + (" (trials that did not complete are not counted)" if len(done) < len(t) else "")
+
+
 def header(data: ReportData) -> str:
     t = data.trials
     counts = t["status"].value_counts()
@@ -94,9 +103,7 @@ def header(data: ReportData) -> str:
         ("family", ", ".join(esc(f) for f in t["family"].dropna().unique()) if "family" in t else "–"),
         ("trials", f"{len(t)}: " + ", ".join(f"{n} {esc(s)}" for s, n in counts.items())),
         ("dates", f"{started} → {finished}"),
-        ("compute spent", f"{sci(done['flops'].sum())} FLOPs in completed trials"
-                          + (" (trials that did not complete are not counted)" if len(done) < len(t) else "")
-                          if "flops" in t else "–"),
+        ("compute spent", _compute_spent(t, done) if "flops" in t else "–"),
         ("wall time", (f"{wall:.0f} s over {len(data.runs)} run(s) of the sweep; " if data.runs else "")
                       + (f"{t['wall_s'].sum():.0f} trial-seconds" if "wall_s" in t else "")),
         ("resources", _resources(data)),
