@@ -111,6 +111,7 @@ class TableRecorder(Callback):
         row.update(
             status=result["status"],
             error=result.get("error", ""),
+            caveats=result.get("caveats", ""),
             tokens=int(result["tokens"]),
             flops=float(result["flops"]),
             flops_measured=float(result["flops_measured_per_token"]) * int(result["tokens"]),

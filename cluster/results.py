@@ -86,6 +86,7 @@ def planned_row(cfg: TrialConfig, entropy_rate: float | None) -> dict:
         "sweep": cfg.sweep,
         "status": "pending",
         "error": "",
+        "caveats": "",  # a completed trial's flags (a GAN's mode collapse)
         "family": cfg.family,
         "data_unit": family.data_unit,
         "loss_unit": family.loss_unit,

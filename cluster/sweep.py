@@ -178,7 +178,8 @@ def _initial_tables(store: ResultsStore, spec: SweepSpec, trials: list[TrialConf
 
 def _final_metrics(row: dict) -> dict:
     """A finished trial's final result, replayed to Tune on resume instead of re-running."""
-    return {"done": True, "status": row["status"], "error": row["error"], "step": int(row["steps"]),
+    return {"done": True, "status": row["status"], "error": row["error"],
+            "caveats": row.get("caveats", ""), "step": int(row["steps"]),
             "tokens": int(row["tokens"]), "flops": float(row["flops"]), "loss": float(row["final_loss"]),
             "elapsed_s": float(row["wall_s"])}
 

@@ -222,6 +222,9 @@ def _check_global(spec: SweepSpec, located: Located) -> None:
     if spec.data.source not in sources:
         raise located.error(("data", "source"),
                             f"family {spec.family!r} trains on {unit}; expected one of {list(sources)}")
+    if spec.training.schedule == "wsd" and hasattr(get_family(spec.family), "networks"):
+        raise located.error(("training", "schedule"), f"family {spec.family!r} trains several networks; "
+                            "wsd ladders are built for one: use cosine")
     res, ds = spec.resources, spec.deepspeed
     if ds.precision == "fp16" and res.gpus_per_worker == 0:
         raise located.error(

@@ -55,7 +55,8 @@ class ModelSpec:
     """``sizes`` plus options of the family's models: ``backbone`` (diffusion: dit or unet),
     ``noise_schedule`` (diffusion: linear or cosine), ``likelihood`` (vae: gaussian, a
     discretized Gaussian over 8-bit pixels, or bernoulli over binarized pixels) and
-    ``iw_samples`` (vae: k of the importance-weighted bound at evaluation). An option the
+    ``iw_samples`` (vae: k of the importance-weighted bound at evaluation) and ``gan_loss``
+    (gan: hinge or ns, the non-saturating loss). An option the
     family does not have is an error; left out, the family's default applies."""
 
     sizes: tuple[SizeSpec, ...]
@@ -65,6 +66,7 @@ class ModelSpec:
     noise_schedule: Literal["linear", "cosine"] | None = None
     likelihood: Literal["gaussian", "bernoulli"] | None = None
     iw_samples: int | None = None
+    gan_loss: Literal["hinge", "ns"] | None = None
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -74,7 +76,7 @@ class ModelSpec:
 
     # the shape field each option sets
     OPTION_FIELDS = {"backbone": "backbone", "noise_schedule": "schedule", "likelihood": "likelihood",
-                     "iw_samples": "iw_samples"}
+                     "iw_samples": "iw_samples", "gan_loss": "gan_loss"}
 
     def options(self) -> dict[str, object]:
         """The options given, under the names of the shape fields they set."""

@@ -11,7 +11,10 @@ workers: tokens, or samples for image families), ``flops`` (units · FLOPs/unit)
 ``train_loss`` (mean over the steps since the last point), the family's held-out metrics
 (``loss`` in the family's ``loss_unit``, …), ``lr``, ``tokens_per_s`` (units per second of
 training steps, all workers) and ``elapsed_s``. The last report also has ``done``,
-``status`` (``completed`` or ``diverged``) and ``error``. A completed trial of a family with
+``status`` (``completed`` or ``diverged``; a family with ``health`` may also say
+``collapsed``) and ``error``; ``caveats`` says why a family's health check flagged it.
+A family with several ``networks`` (a GAN) trains one engine per network through its own
+``train_step``; its other training losses are reported as ``train_<name>`` (``train_d_loss``). A completed trial of a family with
 ``artifacts`` (sample grids) hands each image to ``WorkerContext.save_artifact`` first.
 """
 
@@ -74,8 +77,9 @@ def deepspeed_config(cfg: TrialConfig) -> dict:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-    if tr.grad_clip > 0:
-        config["gradient_clipping"] = tr.grad_clip
+    # Always set: left out, DeepSpeed clips the gradient norm at 1.0 (its default), so
+    # grad_clip: 0 would not turn clipping off.
+    config["gradient_clipping"] = tr.grad_clip
     return config
 
 
@@ -89,12 +93,23 @@ def disable_jit_comm_op() -> None:
 
 
 def build_engine(cfg: TrialConfig):
-    import deepspeed
-
+    """(family, engine): one DeepSpeed engine, or for a family with several ``networks`` (a
+    GAN) an :class:`~experiments.engine_set.EngineSet` with one engine per network."""
     disable_jit_comm_op()
     family = get_family(cfg.family)
     torch.manual_seed(cfg.seed)
     model = family.build(family.shape_type(**cfg.shape))
+    networks = getattr(family, "networks", None)
+    if networks is None:
+        return family, _engine(model, cfg)
+    from experiments.engine_set import EngineSet
+
+    return family, EngineSet(model, {name: _engine(net, cfg) for name, net in networks(model).items()})
+
+
+def _engine(model: torch.nn.Module, cfg: TrialConfig):
+    import deepspeed
+
     tr = cfg.training
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -112,7 +127,7 @@ def build_engine(cfg: TrialConfig):
         # One rank, no ZeRO: the gradient all-reduce would only copy gradients into buckets,
         # "average" them over a world of one and copy them back (~5% of a small model's step).
         engine.enable_backward_allreduce = False
-    return family, engine
+    return engine
 
 
 def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
@@ -139,20 +154,23 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
         ctx.branch_points.load(engine, cfg.parent, cfg.start_step, CHECKPOINT_TAG)
         state["step"] = cfg.start_step
         _set_lr(engine, cfg.start_step)
-    val = [torch.from_numpy(b).to(engine.device) for b in validation(ctx.rank, ctx.world_size)]
+    shared = getattr(family, "shared_evaluation", False)  # every rank scores every held-out item
+    val = [torch.from_numpy(b).to(engine.device) for b in validation(*((0, 1) if shared else (ctx.rank, ctx.world_size)))]
+    if hasattr(family, "prepare"):  # dataset-level state for the metrics (a GAN's feature network)
+        family.prepare(engine, torch.from_numpy(feature_images(cfg)))
     startup_s = time.perf_counter() - started
     fixed = {"startup_s": startup_s, "flops_measured_per_token": flops_measured,
              "node_id": ctx.node_id, "precision": resolve_precision(cfg.precision)}
     wall_before = state["wall_s"] - time.perf_counter()  # wall time accumulates over restarts
     losses: list[float] = []
+    extra_sums: dict[str, float] = {}  # other training losses (a GAN's d_loss) since the last point
+    history: list[dict] = []  # evaluation points, for families that judge their own health
     metrics: dict = {}
     step = state["step"]
     while step < cfg.steps:
         t0 = time.perf_counter()
         batch = torch.from_numpy(next_batch(step, ctx.rank, ctx.world_size)).to(engine.device)
-        loss = family.loss(engine, batch)
-        engine.backward(loss)
-        engine.step()
+        loss, extras = _train_step(family, engine, batch)
         step += 1
         if step in cfg.save_steps:  # a wsd trunk at a branch point
             ctx.branch_points.save(engine, cfg.trial_id, step, CHECKPOINT_TAG,
@@ -160,22 +178,50 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
         mean_loss = _mean_over_workers(loss.detach().float(), ctx.world_size)
         state["train_s"] += time.perf_counter() - t0
         losses.append(mean_loss)
+        for key, value in extras.items():
+            extra_sums[key] = extra_sums.get(key, 0.0) + _mean_over_workers(value.float(), ctx.world_size)
         if not math.isfinite(mean_loss):
             return _finish(ctx, cfg, metrics, step, "diverged", f"training loss is {mean_loss} at step {step}",
                            wall_before, fixed)
         if step in cfg.eval_steps:
             metrics = _evaluate(family, engine, val, ctx.world_size, cfg.probes, cfg.training.seq_len)
             metrics.update(_progress(cfg, step, losses, engine, state, wall_before, fixed))
-            losses = []
+            metrics.update({f"train_{k}": v / max(1, len(losses)) for k, v in extra_sums.items()})
+            losses, extra_sums = [], {}
             if not math.isfinite(metrics["loss"]):
                 return _finish(ctx, cfg, metrics, step, "diverged", f"held-out loss is {metrics['loss']}",
                                wall_before, fixed)
+            history.append(metrics)
+            status, caveat = family.health(history) if hasattr(family, "health") else ("completed", "")
+            metrics["caveats"] = caveat  # a GAN's mode collapse or instability, in the trials table
+            if status == "diverged":
+                return _finish(ctx, cfg, metrics, step, status, caveat, wall_before, fixed)
             if step == cfg.steps:
                 _save_artifacts(family, engine, val, cfg, ctx)
-                return _finish(ctx, cfg, metrics, step, "completed", "", wall_before, fixed)
+                return _finish(ctx, cfg, metrics, step, status, caveat, wall_before, fixed)
             state.update(step=step, wall_s=metrics["elapsed_s"])
             _report_with_checkpoint(ctx, engine, metrics, state)
     return metrics  # only reached when restored from a checkpoint at the very end
+
+
+def _train_step(family, engine, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(training loss, other losses) of one optimizer step: the family's own ``train_step``
+    where it has one (a GAN's alternating step over its engines), else loss, backward, step."""
+    if hasattr(family, "train_step"):
+        out = family.train_step(engine, batch)
+        return out.pop("loss"), out
+    loss = family.loss(engine, batch)
+    engine.backward(loss)
+    engine.step()
+    return loss, {}
+
+
+def feature_images(cfg: TrialConfig):
+    """The training images a family's ``prepare`` learns from: the same for every budget
+    (the procedural source's first images, or the whole training split of the others)."""
+    from models.gan_metrics import FEATURE_NET_IMAGES
+
+    return load_images(cfg.data, train_samples=FEATURE_NET_IMAGES, validation_samples=1).train
 
 
 def trial_batches(cfg: TrialConfig):

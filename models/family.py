@@ -108,4 +108,4 @@ def family_names() -> list[str]:
 def _load_builtin_families() -> None:
     # Imported lazily so that `models.family` stays importable on its own; each import
     # registers its family as a side effect.
-    from models import diffusion, transformer, vae  # noqa: F401
+    from models import diffusion, gan, transformer, vae  # noqa: F401

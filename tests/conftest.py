@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -16,6 +19,30 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# GAN feature networks are cached per test session (removed at exit), not in ~/.cache.
+if "SCALINGLAB_CACHE" not in os.environ:
+    os.environ["SCALINGLAB_CACHE"] = tempfile.mkdtemp(prefix="scalinglab-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SCALINGLAB_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def process_group():
+    """A world-size-1 gloo process group for DeepSpeed engines built in the test process."""
+    import socket
+
+    import deepspeed
+    import torch
+
+    from experiments.train_loop import disable_jit_comm_op, set_distributed_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    set_distributed_env(0, 1, 0, 1, "127.0.0.1", port)
+    disable_jit_comm_op()
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield
+    torch.distributed.destroy_process_group()
 
 
 @pytest.fixture

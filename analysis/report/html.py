@@ -32,7 +32,7 @@ table.data th,table.data td{border-bottom:1px solid #eee;padding:3px 8px;text-al
 table.data th{cursor:pointer;position:sticky;top:0;background:#f6f6f6;user-select:none}
 table.data td.text,table.data th.text{text-align:left} table.data td.id{white-space:nowrap}
 .scroll{max-height:520px;overflow:auto;border:1px solid #ddd}
-.status-completed{color:#006d4e}.status-failed,.status-diverged{color:#b3400b;font-weight:600}
+.status-completed{color:#006d4e}.status-failed,.status-diverged,.status-collapsed{color:#b3400b;font-weight:600}
 .err{font-family:monospace;font-size:12px;color:#b3400b;text-align:left;max-width:420px;white-space:pre-wrap}
 .warn{color:#8a5a00} pre{background:#f6f6f6;padding:10px;overflow:auto;font-size:12px}
 .samples{display:flex;flex-wrap:wrap;gap:16px} figure{margin:0;text-align:center;font-size:12px}
@@ -147,7 +147,8 @@ def trial_table(t: pd.DataFrame) -> str:
     columns = [("trial", "trial_id", True), ("status", "status", True), ("shape", None, True),
                ("N", "n_params", False), ("D", "tokens", False), ("C, FLOPs", "flops", False),
                ("final loss", "final_loss", False), ("wall, s", "wall_s", False),
-               (f"{data_unit(t)}/s", "tokens_per_s", False), ("node", "node_id", True), ("error", "error", True)]
+               (f"{data_unit(t)}/s", "tokens_per_s", False), ("node", "node_id", True),
+               ("error or caveats", "error", True)]
     head = "".join(f'<th class="{"text" if text else ""}">{esc(name)}</th>' for name, _, text in columns)
     body = []
     for row in t.sort_values(["n_params", "tokens"] if {"n_params", "tokens"} <= set(t) else "trial_id").to_dict("records"):
@@ -156,6 +157,8 @@ def trial_table(t: pd.DataFrame) -> str:
             value = _shape(row) if col is None else row.get(col, "")
             if col == "node_id":
                 value = str(value or "")[:8]
+            if col == "error" and not value:  # a completed trial's flags (a GAN's mode collapse)
+                value = row.get("caveats", "") or ""
             shown = _cell(value, col)
             css = ("err" if col == "error" else f"text status-{esc(value)}" if col == "status"
                    else "text id" if col == "trial_id" else "text" if text else "")

@@ -5,30 +5,13 @@ import math
 import shutil
 
 import pytest
-import torch
 
 from experiments.planner import plan
 from experiments.spec import load_spec
 from experiments.train_loop import (
-    WorkerContext, disable_jit_comm_op, lr_factor, run_worker, set_distributed_env,
+    WorkerContext, lr_factor, run_worker,
 )
 from tests.conftest import MINIMAL_SPEC
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    import socket
-
-    import deepspeed
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    set_distributed_env(0, 1, 0, 1, "127.0.0.1", port)
-    disable_jit_comm_op()
-    deepspeed.init_distributed(dist_backend="gloo")
-    yield
-    torch.distributed.destroy_process_group()
 
 
 @pytest.fixture
@@ -90,3 +73,12 @@ def test_nan_loss_ends_the_trial_as_diverged(process_group, trial):
     final = run_worker(blowup, WorkerContext(0, 1, rec))
     assert final["status"] == "diverged" and "loss is" in final["error"]
     assert final["step"] < trial.steps
+
+
+def test_grad_clip_zero_turns_deepspeeds_default_clipping_off(trial):
+    """Left out of the config, DeepSpeed clips the gradient norm at 1.0 on its own."""
+    from experiments.train_loop import deepspeed_config
+
+    off = dataclasses.replace(trial, training=dataclasses.replace(trial.training, grad_clip=0.0))
+    assert deepspeed_config(off)["gradient_clipping"] == 0.0
+    assert deepspeed_config(trial)["gradient_clipping"] == trial.training.grad_clip == 1.0

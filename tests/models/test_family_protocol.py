@@ -29,6 +29,8 @@ def test_family_trains_and_evaluates(name):
     torch.manual_seed(0)
     model = family.build(shape)
     batch = family.example_batch(shape, 4)
+    if hasattr(family, "prepare"):  # data-set-level state of the metrics (a GAN's feature network)
+        family.prepare(model, batch)
     before = family.evaluate(model, [batch])  # deterministic, unlike a noisy training loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(20):
@@ -39,7 +41,12 @@ def test_family_trains_and_evaluates(name):
         opt.step()
     after = family.evaluate(model, [batch])
     assert "loss" in after and math.isfinite(after["loss"])
-    assert after["loss"] < before["loss"]  # it can fit one batch
+    if hasattr(family, "train_step"):
+        # adversarial (gan): two players, no joint objective that 20 steps on 4 images must
+        # lower; training must still move the metric (test_gan.py checks the real step)
+        assert after["loss"] != before["loss"]
+    else:
+        assert after["loss"] < before["loss"]  # it can fit one batch
     assert family.loss_unit and family.tag
 
 
