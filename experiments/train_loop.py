@@ -147,7 +147,9 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> dict:
     state = {"step": 0, "wall_s": 0.0, "train_s": 0.0}
     if ctx.restore_dir:
         _, client = engine.load_checkpoint(ctx.restore_dir, tag=CHECKPOINT_TAG)
-        state.update(client or {})
+        # only our own keys: the loaded client state also holds DeepSpeed's metadata (e.g.
+        # checkpoint_parallel_dimensions), which save_checkpoint refuses as client state
+        state.update({k: v for k, v in (client or {}).items() if k in state})
     elif cfg.role == "branch":  # a wsd cooldown: continue the trunk's run from the branch point
         if ctx.branch_points is None:
             raise RuntimeError(f"{cfg.trial_id}: a wsd branch needs its trunk's checkpoints (no results store given)")

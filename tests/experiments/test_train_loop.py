@@ -82,3 +82,16 @@ def test_grad_clip_zero_turns_deepspeeds_default_clipping_off(trial):
     off = dataclasses.replace(trial, training=dataclasses.replace(trial.training, grad_clip=0.0))
     assert deepspeed_config(off)["gradient_clipping"] == 0.0
     assert deepspeed_config(trial)["gradient_clipping"] == trial.training.grad_clip == 1.0
+
+
+def test_a_resumed_trial_checkpoints_again(process_group, trial, tmp_path):
+    """The client state loaded back holds DeepSpeed's own metadata keys too; passing them to
+    the next save_checkpoint raised KeyError (DeepSpeed 0.19.8), failing every resumed trial
+    at its first checkpoint after the restart."""
+    saved = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(trial, WorkerContext(0, 1, Recorder(stop_after=1, keep=str(saved))))
+    rec = Recorder()
+    final = run_worker(trial, WorkerContext(0, 1, rec, restore_dir=str(saved)))
+    assert [m["step"] for m, _ in rec.reports] == [50, 100] and final["status"] == "completed"
+    assert rec.reports[0][1]  # step 50 reported with a checkpoint
