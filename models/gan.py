@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.family import ParamCount, register
-from models.images import (count_params, measured_flops_per_sample, meta_model, param_dtype, png_grid,
+from models.images import (count_params, measured_flops_per_sample, meta_model, nearest_width, param_dtype, png_grid,
                            random_images, to_signed, unwrap)
 
 GAN_LOSSES = ("hinge", "ns")
@@ -301,14 +301,11 @@ class GANFamily:
     def shape_from_params(self, target: int, *, aspect_ratio: int = 32, head_dim: int = 16,
                           image_size: int = 8, channels: int = 1, **options) -> GANShape:
         """Depth 1, latent 32, and the width (a multiple of 4) whose generator N is nearest ``target``."""
-        if target < 1:
-            raise ValueError(f"target parameter count must be positive, got {target}")
 
         def shape(w: int) -> GANShape:
             return GANShape(width=w, depth=1, image_size=image_size, channels=channels, **options)
 
-        widths = range(4, 1025, 4)
-        return shape(min(widths, key=lambda w: abs(math.log(self.num_params(shape(w)).scaling / target))))
+        return nearest_width(self, target, shape)
 
     @torch.no_grad()
     def artifacts(self, model: nn.Module, batches: list[torch.Tensor], n: int) -> dict[str, bytes]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -67,6 +67,15 @@ def measured_flops_per_sample(family, shape, batch_size: int = 4) -> float:
     with gen:
         torch.manual_seed(0)
         return measured_flops_per_unit(family, shape, batch, units=batch_size)
+
+
+def nearest_width(family, target: int, shape_at: Callable[[int], Any]) -> Any:
+    """The shape ``shape_at(w)``, w a multiple of 4 up to 1024, whose scaling N is nearest
+    ``target`` in log scale (the image families' ``shape_from_params`` rule)."""
+    if target < 1:
+        raise ValueError(f"target parameter count must be positive, got {target}")
+    widths = range(4, 1025, 4)
+    return shape_at(min(widths, key=lambda w: abs(math.log(family.num_params(shape_at(w)).scaling / target))))
 
 
 def png_grid(images: torch.Tensor, ncol: int | None = None) -> bytes:

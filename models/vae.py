@@ -33,7 +33,7 @@ from torch import nn
 
 from models.family import ParamCount, register
 from models.images import (binarize, count_params, discretized_gaussian_log_likelihood,
-                           measured_flops_per_sample, meta_model, param_dtype, png_grid, random_images,
+                           measured_flops_per_sample, meta_model, nearest_width, param_dtype, png_grid, random_images,
                            to_signed, unwrap)
 
 EVAL_SEED = 20240602
@@ -222,14 +222,11 @@ class VAEFamily:
     def shape_from_params(self, target: int, *, aspect_ratio: int = 32, head_dim: int = 16,
                           image_size: int = 8, channels: int = 1, **options) -> VAEShape:
         """Depth 1, latent 16, and the width (a multiple of 4) whose N is nearest ``target``."""
-        if target < 1:
-            raise ValueError(f"target parameter count must be positive, got {target}")
 
         def shape(w: int) -> VAEShape:
             return VAEShape(width=w, depth=1, latent=16, image_size=image_size, channels=channels, **options)
 
-        widths = range(4, 1025, 4)
-        return shape(min(widths, key=lambda w: abs(math.log(self.num_params(shape(w)).scaling / target))))
+        return nearest_width(self, target, shape)
 
     # --- report images ------------------------------------------------------------------------
 
