@@ -135,23 +135,35 @@ def distances(features: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> di
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    real, fake = real.float().cpu(), fake.float().cpu()
-    fd = FrechetInceptionDistance(feature=features, reset_real_features=False, sync_on_compute=False)
+    with torch.no_grad():  # each set through the network once; the metrics get the features
+        f_real, f_fake = features(real.float().cpu()), features(fake.float().cpu())
+    given = _GivenFeatures(f_real.shape[1])
+    fd = FrechetInceptionDistance(feature=given, reset_real_features=False, sync_on_compute=False)
     subset = min(100, len(real), len(fake))
     with warnings.catch_warnings():  # "KID keeps every feature in memory": a few thousand 64-d vectors
         warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=features, subsets=50, subset_size=subset, sync_on_compute=False)
+        kid = KernelInceptionDistance(feature=given, subsets=50, subset_size=subset, sync_on_compute=False)
     for metric in (fd, kid):
-        metric.update(real, real=True)
-        metric.update(fake, real=False)
+        metric.update(f_real, real=True)
+        metric.update(f_fake, real=False)
     with torch.random.fork_rng():
         torch.manual_seed(EVAL_SEED)  # KID's subsets
         kid_mean, kid_std = kid.compute()
-    with torch.no_grad():
-        spread_real = torch.pdist(features(real).double()).mean()
-        spread_fake = torch.pdist(features(fake).double()).mean()
+    spread_real = torch.pdist(f_real.double()).mean()
+    spread_fake = torch.pdist(f_fake.double()).mean()
     return {"fd": float(fd.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
             "diversity": float(spread_fake / spread_real.clamp_min(1e-12))}
+
+
+class _GivenFeatures(nn.Module):
+    """torchmetrics' "feature network" for features already computed: the identity."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
 
 def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights: str) -> float:
