@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.points import AnalysisError, Points
+from analysis.errors import UserError
+from analysis.points import Points
 from analysis.results import FitResult, Interval, interval_warnings, r2_log
 
 
@@ -57,7 +58,7 @@ def fit_isoflop(points: Points, *, bootstrap: int = 1000, seed: int = 0) -> FitR
     budgets = budgets_of(df)
     minima = _parabola_minima(df, budgets)
     if len(minima) < 2:
-        raise AnalysisError(
+        raise UserError(
             f"isoflop: {len(minima)} compute budget(s) with a convex profile over >= 3 sizes; "
             "needs at least 2 (an isoflop sweep: budgets.kind isoflop, 3+ sizes per budget)")
     c, n_opt, inside = (np.array(v) for v in list(zip(*minima))[:3])
@@ -82,7 +83,7 @@ def fit_isoflop(points: Points, *, bootstrap: int = 1000, seed: int = 0) -> FitR
     # N_opt = exp(log_k)·C^a; each parabola is loss = q2·(log N)² + q1·log N + q0.
     result.diagnostics = {"log_k": log_k,
                           "budgets": [{"C": float(ci), "N_opt": float(ni), "D_opt": float(di),
-                                       "tokens_per_param": float(di / ni), "minimum_inside": bool(ins),
+                                       "D_per_N": float(di / ni), "minimum_inside": bool(ins),
                                        "parabola": list(q)}
                                       for ci, ni, di, ins, q in zip(c, n_opt, d_opt, inside, parabolas)]}
     if draws is not None:
@@ -99,14 +100,14 @@ def fit_isoflop(points: Points, *, bootstrap: int = 1000, seed: int = 0) -> FitR
 def fit_envelope(points: Points, *, bootstrap: int = 1000, seed: int = 0, bins: int = 24) -> FitResult:
     evals = points.evals
     if evals is None or "metric" not in evals:
-        raise AnalysisError("envelope: needs the per-evaluation rows (evals.parquet of a results folder)")
+        raise UserError("envelope: needs the per-evaluation rows (evals.parquet of a results folder)")
     curves = evals[evals["metric"] == "loss"][["trial_id", "flops", "value"]]
     curves = curves[(curves["flops"] > 0) & (curves["value"] > 0) & np.isfinite(curves["value"])]
     trial_n = _trial_sizes(points)
     curves = curves[curves["trial_id"].isin(trial_n.index)]
     ids = curves["trial_id"].unique()
     if len(ids) < 2:
-        raise AnalysisError("envelope: needs the evaluation curves of at least 2 trials")
+        raise UserError("envelope: needs the evaluation curves of at least 2 trials")
     grid = np.geomspace(curves["flops"].min(), curves["flops"].max(), bins)
     # Each trial's log-loss curve on the log-C grid, once (inf outside its range): a
     # bootstrap resample of trials is then a minimum over rows, not a new interpolation.
@@ -154,5 +155,5 @@ def fit_envelope(points: Points, *, bootstrap: int = 1000, seed: int = 0, bins: 
 def _trial_sizes(points: Points) -> pd.Series:
     frame = points.frame
     if "trial_id" not in frame:
-        raise AnalysisError("envelope: the points carry no trial_id to join the evaluation rows on")
+        raise UserError("envelope: the points carry no trial_id to join the evaluation rows on")
     return frame.set_index("trial_id")["N"]

@@ -54,7 +54,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import curve_fit
 
-from analysis.points import AnalysisError
+from analysis.errors import UserError
+from analysis.records import capability_name, capability_task
 
 MIN_POINTS = 4  # distinct scales below which the verdict is not_enough_data
 Z = 3.0  # standard errors for a difference to count as significant
@@ -63,7 +64,6 @@ SHARP_FRACTION = 0.5  # a single step holding this share of the rise is sharp
 AICC_MARGIN = 2.0  # the transition model must beat the smooth ones by this much
 SHARP_WIDTH_FRACTION = 0.4  # a fitted transition is sharp when its 10-90% width is under this share of the range
 DISCONTINUOUS = ("exact_match", "em", "acc", "accuracy")
-STDERR_SUFFIX = "_stderr"  # a sweep's TASK/NAME_stderr rows are the standard errors of TASK/NAME
 VERDICTS = ("emergent", "smooth", "flat", "non_monotone", "not_enough_data")
 
 
@@ -100,7 +100,7 @@ class MetricSpec:
     def discontinuous(self) -> bool:
         if self.kind is not None:
             return self.kind == "discontinuous"
-        return self.column.rsplit("/", 1)[-1].lower() in DISCONTINUOUS
+        return capability_name(self.column).lower() in DISCONTINUOUS
 
 
 def big_bench_scores(y: np.ndarray) -> dict[str, float | None]:
@@ -214,11 +214,11 @@ def _standard_errors(y: np.ndarray, spec: MetricSpec, se_col: np.ndarray | None,
                      caveats: list[str], ties: tuple[np.ndarray, float] | None = None) -> np.ndarray:
     if se_col is not None:
         if np.any(~np.isfinite(se_col)) or np.any(se_col < 0):
-            raise AnalysisError(f"{spec.stderr_column}: standard errors must be finite and >= 0")
+            raise UserError(f"{spec.stderr_column}: standard errors must be finite and >= 0")
         se = se_col.astype(float)
     elif spec.n_items is not None:
         if np.any((y < 0) | (y > 1)):
-            raise AnalysisError(f"{spec.column}: --n-items gives binomial errors of accuracies in [0, 1]; "
+            raise UserError(f"{spec.column}: --n-items gives binomial errors of accuracies in [0, 1]; "
                                 f"values run from {y.min():g} to {y.max():g}")
         p = (y * spec.n_items + 0.5) / (spec.n_items + 1)
         se = np.sqrt(p * (1 - p) / spec.n_items)
@@ -415,17 +415,17 @@ def _sigmoid_location(result: Emergence, u, ys, ses, params, loss_axis: bool, bo
 
 def detect(table: pd.DataFrame, x_col: str, metrics: list[MetricSpec], *, group_col: str | None = None,
            loss_axis: bool = False, bootstrap: int = 200, seed: int = 0) -> tuple[list[Emergence], list[str]]:
-    """(one result per group and metric, warnings). Bad tables raise AnalysisError."""
+    """(one result per group and metric, warnings). Bad tables raise UserError."""
     needed = [x_col] + [m.column for m in metrics] + [m.stderr_column for m in metrics if m.stderr_column]
     needed += [group_col] if group_col else []
     missing = [c for c in needed if c not in table.columns]
     if missing:
-        raise AnalysisError(f"column(s) {missing} not in the table (columns: {list(table.columns)})")
+        raise UserError(f"column(s) {missing} not in the table (columns: {list(table.columns)})")
     for col in set(needed) - {group_col}:
         values = pd.to_numeric(table[col], errors="coerce")
         bad = values.isna() & table[col].notna()
         if bad.any():
-            raise AnalysisError(f"column {col!r} holds non-numeric values (e.g. {table[col][bad].iloc[0]!r}); "
+            raise UserError(f"column {col!r} holds non-numeric values (e.g. {table[col][bad].iloc[0]!r}); "
                                 "expected numbers")
     groups = table.groupby(group_col, sort=True) if group_col else [("all", table)]
     results: list[Emergence] = []
@@ -445,7 +445,7 @@ def detect(table: pd.DataFrame, x_col: str, metrics: list[MetricSpec], *, group_
 
 
 def _task(column: str) -> str:
-    return column.split("/", 1)[0] if "/" in column else ""
+    return capability_task(column)
 
 
 def _cross_metric_caveats(pairs: list[tuple[MetricSpec, Emergence]]) -> None:

@@ -9,10 +9,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.emergence import STDERR_SUFFIX, Emergence, MetricSpec, detect
-from analysis.points import AnalysisError, read_table
+from analysis.emergence import Emergence, MetricSpec, detect
+from analysis.errors import UserError
+from analysis.points import read_table
+from analysis.records import EVALS, TRIALS, Status, is_capability, is_stderr, stderr_of
 
-SWEEP_AXES = (("n_params", False), ("tokens", False), ("flops", False), ("final_loss", True))
+# the scales a sweep's capabilities are tested against (a loss axis: lower is more scale)
+SWEEP_AXES = ((TRIALS.n_params, False), (TRIALS.data_units, False), (TRIALS.flops, False), (TRIALS.final_loss, True))
+EMERGENCE_FILE = "emergence.json"  # the detector's document, beside the tables (the report draws it)
 
 
 def _per_metric(values: list | None, metrics: list[str], name: str) -> list:
@@ -22,7 +26,7 @@ def _per_metric(values: list | None, metrics: list[str], name: str) -> list:
     if len(values) == 1:
         return values * len(metrics)
     if len(values) != len(metrics):
-        raise AnalysisError(f"--{name} is given {len(values)} times for {len(metrics)} --y-col: give it once, "
+        raise UserError(f"--{name} is given {len(values)} times for {len(metrics)} --y-col: give it once, "
                             "or once per --y-col in the same order")
     return list(values)
 
@@ -34,7 +38,7 @@ def detect_table(source: str, *, x_col: str, y_cols: list[str], stderr_cols: lis
     """Emergence in a CSV/Parquet table of model results (one row per model or checkpoint)."""
     table, _ = read_table(source)
     if not y_cols:
-        raise AnalysisError("give at least one --y-col: the metric column(s) to test")
+        raise UserError("give at least one --y-col: the metric column(s) to test")
     specs = [MetricSpec(column=c, stderr_column=s, n_items=n, chance=ch, kind=k) for c, s, n, ch, k in zip(
         y_cols, _per_metric(stderr_cols, y_cols, "stderr-col"), _per_metric(n_items, y_cols, "n-items"),
         _per_metric(chance, y_cols, "chance"), _per_metric(kinds, y_cols, "metric-kind"))]
@@ -44,9 +48,9 @@ def detect_table(source: str, *, x_col: str, y_cols: list[str], stderr_cols: lis
 def last_capability_values(evals: pd.DataFrame) -> pd.DataFrame:
     """Columns trial_id, metric, value: each trial's value of every capability metric (evals
     rows named TASK/NAME, their _stderr rows included) at its last evaluation point."""
-    cap = evals[evals["metric"].astype(str).str.contains("/", regex=False)]
-    last = cap.sort_values("step").groupby(["trial_id", "metric"], as_index=False).last()
-    return last[["trial_id", "metric", "value"]]
+    cap = evals[evals[EVALS.metric].map(is_capability)]
+    last = cap.sort_values(EVALS.step).groupby([EVALS.trial_id, EVALS.metric], as_index=False).last()
+    return last[[EVALS.trial_id, EVALS.metric, EVALS.value]]
 
 
 def capability_table(trials: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
@@ -54,24 +58,24 @@ def capability_table(trials: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     metric."""
     last = last_capability_values(evals)
     if last.empty:
-        raise AnalysisError("no capability metrics in evals.parquet (rows whose metric is TASK/NAME, "
+        raise UserError("no capability metrics in evals.parquet (rows whose metric is TASK/NAME, "
                             "e.g. addition/exact_match): the sweep recorded no capability probes")
-    wide = last.pivot(index="trial_id", columns="metric", values="value").reset_index()
-    done = trials[trials["status"] == "completed"]
-    cols = ["trial_id", "family"] + [c for c, _ in SWEEP_AXES]
-    return done[[c for c in cols if c in done.columns]].merge(wide, on="trial_id")
+    wide = last.pivot(index=EVALS.trial_id, columns=EVALS.metric, values=EVALS.value).reset_index()
+    done = trials[trials[TRIALS.status] == Status.COMPLETED]
+    cols = [TRIALS.trial_id, TRIALS.family] + [c for c, _ in SWEEP_AXES]
+    return done[[c for c in cols if c in done.columns]].merge(wide, on=TRIALS.trial_id)
 
 
 def detect_sweep(folder: str, *, bootstrap: int = 200, seed: int = 0) -> tuple[list[Emergence], list[str]]:
     """Every capability metric of a sweep against N, D, C and the held-out loss."""
     trials, evals = read_table(folder)
     if evals is None:
-        raise AnalysisError(f"{folder}: no evals.parquet, where capability metrics are recorded")
+        raise UserError(f"{folder}: no evals.parquet, where capability metrics are recorded")
     table = capability_table(trials, evals)
-    metrics = sorted(c for c in table.columns if "/" in str(c) and not str(c).endswith(STDERR_SUFFIX))
-    specs = [MetricSpec(column=m, stderr_column=m + STDERR_SUFFIX if m + STDERR_SUFFIX in table.columns else None)
+    metrics = sorted(c for c in table.columns if is_capability(c) and not is_stderr(c))
+    specs = [MetricSpec(column=m, stderr_column=stderr_of(m) if stderr_of(m) in table.columns else None)
              for m in metrics]
-    group = "family" if "family" in table.columns else None
+    group = TRIALS.family if TRIALS.family in table.columns else None
     results: list[Emergence] = []
     warn: list[str] = []
     for axis, loss_axis in SWEEP_AXES:

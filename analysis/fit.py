@@ -19,12 +19,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.allocation import budgets_of, fit_envelope, fit_isoflop
+from analysis.errors import UserError
 from analysis.laws import LAWS, fit_lse_law
-from analysis.points import AnalysisError, Points, load_points, read_table
+from analysis.points import Points, load_points, read_table
+from analysis.records import TRIALS
 from analysis.results import FitResult
 
-ALL_LAWS = ["chinchilla", "power_N", "power_D", "power_C", "kaplan_N", "kaplan_D", "kaplan_C",
-            "isoflop", "envelope"]
+NONPARAMETRIC = {"isoflop": fit_isoflop, "envelope": fit_envelope}  # Hoffmann et al.'s approaches 2 and 1
+LAW_NAMES = (*LAWS, *NONPARAMETRIC)  # every law, in the order they are fitted and reported
 
 
 def parse_target(text: str) -> dict[str, float]:
@@ -34,13 +36,13 @@ def parse_target(text: str) -> dict[str, float]:
         key, sep, value = part.partition("=")
         key = key.strip().upper()
         if not sep or key not in ("N", "D", "C"):
-            raise AnalysisError(f"--predict {text!r}: expected comma-separated N=…, D=…, C=… (e.g. N=1e9,D=2e10)")
+            raise UserError(f"--predict {text!r}: expected comma-separated N=…, D=…, C=… (e.g. N=1e9,D=2e10)")
         try:
             out[key] = float(value)
         except ValueError:
-            raise AnalysisError(f"--predict {text!r}: {value!r} is not a number") from None
+            raise UserError(f"--predict {text!r}: {value!r} is not a number") from None
         if not out[key] > 0:
-            raise AnalysisError(f"--predict {text!r}: {key} must be positive")
+            raise UserError(f"--predict {text!r}: {key} must be positive")
     return out
 
 
@@ -86,8 +88,8 @@ def identifiable(law: str, points: Points) -> str | None:
 
 
 def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None = None,
-             bootstrap: int = 1000, seed: int = 0, n_col: str = "n_params", d_col: str = "tokens",
-             c_col: str = "flops", loss_col: str = "final_loss", full_grid: bool = False,
+             bootstrap: int = 1000, seed: int = 0, n_col: str = TRIALS.n_params, d_col: str = TRIALS.data_units,
+             c_col: str = TRIALS.flops, loss_col: str = TRIALS.final_loss, full_grid: bool = False,
              evals: pd.DataFrame | None = None, log=None) -> list[FitResult]:
     """Fit ``laws`` (default: every law the data can identify) to a results folder, a
     CSV/Parquet path or a DataFrame. ``predict`` holds targets like 'N=1e9,D=2e10'.
@@ -95,37 +97,34 @@ def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None
     over the whole grid rather than its 32 best starts. ``evals`` gives a DataFrame source its
     per-evaluation rows (a results folder brings its own)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    unknown = [law for law in laws or [] if law not in ALL_LAWS]
+    unknown = [law for law in laws or [] if law not in LAW_NAMES]
     if unknown:
-        raise AnalysisError(f"unknown law(s) {unknown}; expected some of {ALL_LAWS}")
+        raise UserError(f"unknown law(s) {unknown}; expected some of {LAW_NAMES}")
     # N and D are required when named explicitly, or when there is no compute column to fit
     # against; a table of published (C, loss) points alone needs neither.
     table, evals = (source, evals) if isinstance(source, pd.DataFrame) else read_table(source)
     has_c = c_col in table.columns
-    need = tuple(key for key, col, default in (("N", n_col, "n_params"), ("D", d_col, "tokens"))
+    need = tuple(key for key, col, default in (("N", n_col, TRIALS.n_params), ("D", d_col, TRIALS.data_units))
                  if col != default or not has_c) + ("loss",)
     points = load_points(table, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, need=need)
     points.evals = evals
     for w in points.warnings:
         log(f"warning: {w}")
     targets = [parse_target(t) for t in predict or []]
-    chosen = laws or [law for law in ALL_LAWS if identifiable(law, points) is None]
+    chosen = laws or [law for law in LAW_NAMES if identifiable(law, points) is None]
     if not chosen:
-        raise AnalysisError(f"no law can be identified from {len(points.frame)} usable point(s): "
-                            + "; ".join(f"{law}: {identifiable(law, points)}" for law in ALL_LAWS[:4]))
+        raise UserError(f"no law can be identified from {len(points.frame)} usable point(s): "
+                            + "; ".join(f"{law}: {identifiable(law, points)}" for law in LAW_NAMES[:4]))
     results = []
     for law in chosen:
         log(f"fitting {law} ...")
-        if law == "isoflop":
-            results.append(fit_isoflop(points, bootstrap=bootstrap, seed=seed))
-            continue
-        if law == "envelope":
-            results.append(fit_envelope(points, bootstrap=bootstrap, seed=seed))
+        if law in NONPARAMETRIC:
+            results.append(NONPARAMETRIC[law](points, bootstrap=bootstrap, seed=seed))
             continue
         spec = LAWS[law]
         missing = [v for v in spec.variables if v not in points.frame]
         if missing:
-            raise AnalysisError(f"{law}: the table has no {', '.join(missing)} column")
+            raise UserError(f"{law}: the table has no {', '.join(missing)} column")
         frame, subset = subset_for(law, points.frame)
         sub = Points(frame.reset_index(drop=True), points.dropped, list(points.warnings), points.evals)
         usable = [t for t in targets if _can_predict(spec.variables, t, law)]

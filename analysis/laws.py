@@ -3,21 +3,25 @@ Kaplan form L(x) = A·x^(−α), for x in {N, D, C}. All are fitted by ``analysi
 (Huber in log space, L-BFGS from a grid), with a bootstrap over points for intervals.
 
 Bootstrap: K resamples of the points (multinomial weights, seeded). Each refit is
-warm-started from the full-data optimum, run in parallel over the machine's cores. Warm
-starts are checked: on a sample of resamples the full grid is run too, and the two must
-reach the same objective (reported in ``diagnostics.bootstrap_check``).
+warm-started from the full-data optimum, run in parallel over the machine's cores by a pool
+of worker processes that every fit of the process reuses. Warm starts are checked: on a
+sample of resamples the full grid is run too, and the two must reach the same objective
+(reported in ``diagnostics.bootstrap_check``).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
 
 from analysis import lse_fit
-from analysis.points import AnalysisError, Points
+from analysis.errors import UserError
+from analysis.points import Points
 from analysis.results import FitResult, Interval, interval_warnings, r2_log
 
 
@@ -44,12 +48,13 @@ LAWS = {
 
 
 def natural(spec: LawSpec, p: np.ndarray) -> dict[str, float]:
-    """Log-space parameters (e, a, α, b, β) to the law's own (E, A, α, B, β)."""
-    out, i = {}, 0
-    for name in spec.param_names:
-        is_exponent = name in ("alpha", "beta")
-        out[name] = float(p[i]) if is_exponent else float(np.exp(p[i]))
-        i += 1
+    """Log-space parameters (e, a, α, b, β) to the law's own (E, A, α, B, β). A coefficient
+    beyond float range (a degenerate bootstrap draw) is inf, and the interval built from the
+    draws says so; no overflow warning on top."""
+    out = {}
+    with np.errstate(over="ignore"):
+        for i, name in enumerate(spec.param_names):
+            out[name] = float(p[i]) if name in ("alpha", "beta") else float(np.exp(p[i]))
     return out
 
 
@@ -78,7 +83,7 @@ def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: i
     df = points.frame
     n_params = len(spec.param_names)
     if len(df) < n_params + 1:
-        raise AnalysisError(f"{spec.name}: {len(df)} usable point(s); the law has {n_params} "
+        raise UserError(f"{spec.name}: {len(df)} usable point(s); the law has {n_params} "
                             f"parameters and needs at least {n_params + 1}")
     logx = np.log(df[list(spec.variables)].to_numpy(float))
     logy = np.log(df["loss"].to_numpy(float))
@@ -134,6 +139,14 @@ def _held_out(spec, df, logx, logy, top_k) -> dict | None:
             "max_abs_rel_error": float(np.abs(np.expm1(err)).max())}
 
 
+def optimal_split(params: dict, c) -> dict:
+    """The compute-optimal {"N", "D"} for compute C under Chinchilla's allocation (C = 6·N·D):
+    N_opt = G·(C/6)^a and D_opt = (C/6)^b / G, from ``params`` with G, a and b (floats, or
+    arrays of bootstrap draws that broadcast against C). The one place the split is computed."""
+    g, a, b = params["G"], params["a"], params["b"]
+    return {"N": g * (c / 6) ** a, "D": (c / 6) ** b / g}
+
+
 def _allocation(best: np.ndarray, samples: np.ndarray | None) -> tuple[dict[str, Interval], np.ndarray | None]:
     """Compute-optimal allocation from (e, a, α, b, β): a = β/(α+β), b = α/(α+β),
     G = (αA / (βB))^(1/(α+β)); N_opt = G·(C/6)^a, D_opt = (C/6)^b / G."""
@@ -186,14 +199,13 @@ def _predict(spec: LawSpec, df, best, samples, target: dict) -> dict:
     point = {k: float(v) for k, v in target.items()}
     if spec.name == "chinchilla" and set(point) == {"C"}:
         alloc, _ = _allocation(best, None)
-        a, b, g = alloc["a"].value, alloc["b"].value, alloc["G"].value
-        point["N"], point["D"] = g * (point["C"] / 6) ** a, (point["C"] / 6) ** b / g
-        point["tokens_per_param"] = point["D"] / point["N"]  # of the compute-optimal split
+        point.update(optimal_split({k: v.value for k, v in alloc.items()}, point["C"]))
+        point["D_per_N"] = point["D"] / point["N"]  # of the compute-optimal split
     if "C" not in point and {"N", "D"} <= set(point):
         point["C"] = 6 * point["N"] * point["D"]
     missing = [v for v in spec.variables if v not in point]
     if missing:
-        raise AnalysisError(f"--predict for {spec.name} needs {', '.join(missing)} (got {', '.join(target)})")
+        raise UserError(f"--predict for {spec.name} needs {', '.join(missing)} (got {', '.join(target)})")
     logx = np.log([[point[v] for v in spec.variables]])
     value = float(np.exp(lse_fit.predict_log(best, logx, spec.with_e)[0]))
     draws = None if samples is None else np.exp(lse_fit.predict_log(samples, logx, spec.with_e)[:, 0])
@@ -215,8 +227,11 @@ def _bootstrap(logx, logy, with_e, best, k, seed, top_k, check_resamples, worker
     x0 = best if warm else None  # None: every resample from the grid (the slow, cold way)
     jobs = [(logx, logy, with_e, x0, weights[c], scale, top_k) for c in chunks]
     if workers > 1 and k >= 64:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(_refit_chunk, jobs))
+        try:
+            parts = list(_pool(workers).map(_refit_chunk, jobs))
+        except BrokenProcessPool:  # a worker died (killed from outside): once more, with a new pool
+            _POOLS.pop(workers, None)
+            parts = list(_pool(workers).map(_refit_chunk, jobs))
     else:
         parts = [_refit_chunk(job) for job in jobs]
     samples = np.concatenate(parts)
@@ -224,6 +239,27 @@ def _bootstrap(logx, logy, with_e, best, k, seed, top_k, check_resamples, worker
         return samples, None
     check = _check_warm_starts(logx, logy, with_e, weights[:check_resamples], samples[:check_resamples], top_k)
     return samples, check
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """The process's pool of bootstrap workers, started once (a worker costs ~0.5 s to start:
+    numpy, scipy). forkserver, not fork: the calling process may run threads (an embedded
+    Ray's), which a forked child would inherit in whatever state they were in."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, initializer=_one_blas_thread,
+                                              mp_context=multiprocessing.get_context("forkserver"))
+    return _POOLS[workers]
+
+
+def _one_blas_thread() -> None:
+    """A refit works on arrays of a few dozen points: BLAS threads would only fight the other
+    workers for the cores."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def _refit_chunk(args) -> np.ndarray:

@@ -14,14 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
-# Roles of trials.parquet rows that are not fit points: a wsd sweep's constant-LR trunks and
-# the runs of an LR search (experiments.planner.TrialConfig.role).
-NOT_POINTS = ("trunk", "lr_search")
-
-class AnalysisError(ValueError):
-    """Bad input to an analysis (missing column, too few points, unreadable table). The
-    message names what is missing and what is needed; the CLI exits with status 2."""
+from analysis.errors import UserError
+from analysis.records import EVALS, TRIALS, Role, Status
+from analysis.store import ResultsStore
 
 
 @dataclass
@@ -33,16 +28,18 @@ class Points:
 
 
 def read_table(source: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(trials-like table, evals table or None) from a results folder or a CSV/Parquet file."""
+    """(trials-like table, evals table or None) from a results folder (a local folder or a
+    storage URI) or a CSV/Parquet file."""
+    text = str(source)
     path = Path(source)
-    if path.is_dir():
-        trials = path / "trials.parquet"
-        if not trials.is_file():
-            raise AnalysisError(f"{path}: not a sweep results folder (no trials.parquet)")
-        evals = path / "evals.parquet"
-        return pd.read_parquet(trials), (pd.read_parquet(evals) if evals.is_file() else None)
+    if path.is_dir() or ("://" in text and not text.lower().endswith((".csv", ".parquet", ".pq"))):
+        store = ResultsStore(text)
+        if not store.exists(TRIALS.file):
+            raise UserError(f"{text}: not a sweep results folder (no {TRIALS.file})")
+        evals = store.read_table(EVALS.file) if store.exists(EVALS.file) else None
+        return store.read_table(TRIALS.file), evals
     if not path.is_file():
-        raise AnalysisError(f"{path}: no such file or results folder")
+        raise UserError(f"{path}: no such file or results folder")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -50,12 +47,12 @@ def read_table(source: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path), None
     except Exception as exc:  # pandas raises many kinds for a malformed file
-        raise AnalysisError(f"{path}: cannot read the table: {exc}") from None
-    raise AnalysisError(f"{path}: expected a results folder, a .csv or a .parquet file")
+        raise UserError(f"{path}: cannot read the table: {exc}") from None
+    raise UserError(f"{path}: expected a results folder, a .csv or a .parquet file")
 
 
-def load_points(source: str | Path | pd.DataFrame, *, n_col: str = "n_params", d_col: str = "tokens",
-                c_col: str = "flops", loss_col: str = "final_loss", status_col: str = "status",
+def load_points(source: str | Path | pd.DataFrame, *, n_col: str = TRIALS.n_params, d_col: str = TRIALS.data_units,
+                c_col: str = TRIALS.flops, loss_col: str = TRIALS.final_loss, status_col: str = TRIALS.status,
                 need: tuple[str, ...] = ("N", "D", "loss")) -> Points:
     """Clean points for fitting; ``need`` names the columns the caller's laws use."""
     evals = None
@@ -66,7 +63,7 @@ def load_points(source: str | Path | pd.DataFrame, *, n_col: str = "n_params", d
     missing = [f"{mapping[k]!r} ({k})" for k in need if mapping[k] not in table.columns
                and not (k == "C" and {n_col, d_col} <= set(table.columns))]
     if missing:
-        raise AnalysisError(
+        raise UserError(
             f"missing column(s) {', '.join(missing)}; the table has {list(table.columns)[:20]}; "
             "name others with --n-col/--d-col/--c-col/--loss-col")
     out = pd.DataFrame(index=table.index)
@@ -74,23 +71,22 @@ def load_points(source: str | Path | pd.DataFrame, *, n_col: str = "n_params", d
         if col in table.columns:
             values = pd.to_numeric(table[col], errors="coerce")
             if values.isna().all() and table[col].notna().any():
-                raise AnalysisError(f"column {col!r} ({key}) is not numeric")
+                raise UserError(f"column {col!r} ({key}) is not numeric")
             out[key] = values.astype(float)
     if "C" not in out and {"N", "D"} <= set(out.columns):
         out["C"] = 6.0 * out["N"] * out["D"]
-    if "trial_id" in table.columns:
-        out["trial_id"] = table["trial_id"].astype(str)
-    if "compute_budget" in table.columns:
-        out["budget"] = pd.to_numeric(table["compute_budget"], errors="coerce")
+    if TRIALS.trial_id in table.columns:
+        out["trial_id"] = table[TRIALS.trial_id].astype(str)
+    if TRIALS.compute_budget in table.columns:
+        out["budget"] = pd.to_numeric(table[TRIALS.compute_budget], errors="coerce")
     warnings = []
     keep = pd.Series(True, index=out.index)
-    if "role" in table.columns:  # a wsd sweep's trunks and an LR search's runs are not fit points
-        helper = table["role"].astype(str).isin(NOT_POINTS)
-        keep &= ~helper
+    if TRIALS.role in table.columns:  # a wsd sweep's trunks and an LR search's runs are not fit points
+        keep &= ~table[TRIALS.role].astype(str).isin([r.value for r in Role if not r.fit_point])
     if status_col in table.columns:
-        bad_status = table[status_col].astype(str) != "completed"
+        bad_status = table[status_col].astype(str) != Status.COMPLETED
         if bad_status.any():
-            warnings.append(f"dropped {int(bad_status.sum())} row(s) whose {status_col} is not 'completed'")
+            warnings.append(f"dropped {int(bad_status.sum())} row(s) whose {status_col} is not '{Status.COMPLETED}'")
         keep &= ~bad_status
     used = [k for k in ("N", "D", "C", "loss") if k in out.columns and k in need + ("C",)]
     finite = np.isfinite(out[used]).all(axis=1) & (out[used] > 0).all(axis=1)

@@ -32,7 +32,7 @@ def synthetic(points: int, seed: int = 0, noise: float = 0.01) -> pd.DataFrame:
     sizes = 10
     n, d = (x.ravel() for x in np.meshgrid(np.geomspace(1e7, 1e10, sizes), np.geomspace(1e9, 1e12, points // sizes)))
     loss = (1.7 + 400 / n ** 0.34 + 400 / d ** 0.28) * np.exp(rng.normal(0, noise, n.size))
-    return pd.DataFrame({"n_params": n, "tokens": d, "final_loss": loss})
+    return pd.DataFrame({"n_params": n, "data_units": d, "final_loss": loss})
 
 
 def reference(logx: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
@@ -53,7 +53,7 @@ def main() -> int:
     args = parser.parse_args()
     df = synthetic(args.points)
     points = load_points(df)
-    logx = np.log(df[["n_params", "tokens"]].to_numpy())
+    logx = np.log(df[["n_params", "data_units"]].to_numpy())
     logy = np.log(df["final_loss"].to_numpy())
 
     t0 = time.perf_counter()

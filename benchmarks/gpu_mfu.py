@@ -5,7 +5,7 @@ platform (a one-trial sweep: embedded Ray, Tune trial, DeepSpeed engine, bf16) o
     python benchmarks/gpu_mfu.py --tiny          # the same path on CPU with a tiny model (a smoke run)
 
 MFU = (training FLOPs per token × tokens/s) / peak, where FLOPs per token is the model
-family's analytic count (6N + attention + head, the trials table's ``flops_per_token``),
+family's analytic count (6N + attention + head, the trials table's ``flops_per_unit``),
 tokens/s is the trial's training throughput (evaluation excluded) and the peak is measured in
 this same run: the best of several large bf16 matmuls (fp32 with --tiny). Target: MFU ≥ 40%
 on an H100. Prints a line per figure; ``--format json`` prints one JSON document.
@@ -62,6 +62,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
+    from analysis.records import TRIALS, Status
     from cluster.sweep import run_sweep
 
     gpu = torch.cuda.is_available() and not args.tiny
@@ -81,18 +82,19 @@ def main() -> int:
                                     val=4 * seq * batch if gpu else 1024))
         outcome = run_sweep(str(spec), storage=str(Path(tmp) / "out"), progress_interval_s=30)
         row = outcome.trials.iloc[0]
-    if row["status"] != "completed":
-        print(f"gpu_mfu: the trial {row['status']}: {row['error']}", file=sys.stderr)
+    if row[TRIALS.status] != Status.COMPLETED:
+        print(f"gpu_mfu: the trial {row[TRIALS.status]}: {row[TRIALS.error]}", file=sys.stderr)
         return 1
     peak = matmul_peak("cuda" if gpu else "cpu", torch.bfloat16 if gpu else torch.float32, 8192 if gpu else 1024)
-    achieved = float(row["flops_per_token"]) * float(row["tokens_per_s"])
+    achieved = float(row[TRIALS.flops_per_unit]) * float(row[TRIALS.data_units_per_s])
     result = {
         "device": torch.cuda.get_device_name(0) if gpu else "cpu (--tiny smoke run)",
-        "n_params": int(row["n_params"]), "total_params": int(row["total_params"]),
-        "tokens": int(row["tokens"]), "steps": int(row["steps"]), "precision": row["precision"],
-        "tokens_per_s": round(float(row["tokens_per_s"]), 1), "flops_per_token": float(row["flops_per_token"]),
+        "n_params": int(row[TRIALS.n_params]), "total_params": int(row[TRIALS.total_params]),
+        "tokens": int(row[TRIALS.data_units]), "steps": int(row[TRIALS.steps]), "precision": row[TRIALS.precision],
+        "tokens_per_s": round(float(row[TRIALS.data_units_per_s]), 1),
+        "flops_per_token": float(row[TRIALS.flops_per_unit]),
         "achieved_tflops": round(achieved / 1e12, 2), "peak_tflops_measured": round(peak / 1e12, 2),
-        "mfu": round(achieved / peak, 4), "trial_wall_s": round(float(row["wall_s"]), 1),
+        "mfu": round(achieved / peak, 4), "trial_wall_s": round(float(row[TRIALS.wall_s]), 1),
     }
     if args.format == "json":
         print(json.dumps(result))

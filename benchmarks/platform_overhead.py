@@ -28,10 +28,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from analysis.records import TRIALS  # noqa: E402
 from experiments.data import load_tokens, train_batch  # noqa: E402
 from experiments.planner import TrialConfig  # noqa: E402
-from experiments.train_loop import lr_factor  # noqa: E402
-from models import get_family  # noqa: E402
+from experiments.schedules import lr_multiplier  # noqa: E402
 
 SPEC = """\
 name: overhead
@@ -48,15 +48,14 @@ def bare_loop(cfg: TrialConfig) -> dict:
     """The reference: plain PyTorch, no Ray, no DeepSpeed."""
     torch.set_num_threads(1)
     started = time.perf_counter()
-    family = get_family(cfg.family)
-    data = load_tokens(cfg.data, train_tokens=cfg.tokens + 1, validation_tokens=cfg.validation_tokens)
+    family = cfg.model_family
+    data = load_tokens(cfg.data, train_tokens=cfg.data_units + 1, validation_tokens=cfg.validation_units)
     torch.manual_seed(cfg.seed)
-    model = family.build(family.shape_type(**cfg.shape))
+    model = family.build(cfg.shape)
     tr = cfg.training
     opt = torch.optim.AdamW(model.parameters(), lr=tr.lr, betas=(tr.beta1, tr.beta2),
                             weight_decay=tr.weight_decay, foreach=True)  # as the platform's
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.steps, tr.warmup_fraction, tr.min_lr_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(cfg))  # the platform's schedule
     setup_s = time.perf_counter() - started
     t0 = time.perf_counter()
     for step in range(cfg.steps):
@@ -69,21 +68,21 @@ def bare_loop(cfg: TrialConfig) -> dict:
         sched.step()
         loss.item()  # the platform reads the loss every step too (divergence check)
     train_s = time.perf_counter() - t0
-    return {"tokens_per_s": cfg.tokens / train_s, "train_s": train_s, "setup_s": setup_s,
+    return {"tokens_per_s": cfg.data_units / train_s, "train_s": train_s, "setup_s": setup_s,
             "wall_s": time.perf_counter() - started}
 
 
 def platform(spec_path: Path, storage: Path) -> dict:
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "cluster.cli", "sweep", str(spec_path), "--storage", str(storage)],
-                         cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "cluster.cli", "sweep", str(spec_path), "--storage", str(storage),
+                          "--no-fit", "--no-report"], cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if run.returncode != 0:
         raise SystemExit(f"platform run failed:\n{run.stderr[-3000:]}")
-    row = pd.read_parquet(storage / "trials.parquet").iloc[0]
-    return {"tokens_per_s": float(row.tokens_per_s), "trial_wall_s": float(row.wall_s),
-            "trial_startup_s": float(row.startup_s), "command_wall_s": wall,
-            "cfg": TrialConfig.from_json(row.config)}
+    row = pd.read_parquet(storage / TRIALS.file).iloc[0]
+    return {"tokens_per_s": float(row[TRIALS.data_units_per_s]), "trial_wall_s": float(row[TRIALS.wall_s]),
+            "trial_startup_s": float(row[TRIALS.startup_s]), "command_wall_s": wall,
+            "cfg": TrialConfig.from_json(row[TRIALS.config])}
 
 
 def main() -> int:
@@ -101,9 +100,10 @@ def main() -> int:
         plat = platform(spec, Path(tmp) / "out")
         cfg = plat.pop("cfg")
         bare = bare_loop(cfg)
-    fixed = plat["command_wall_s"] - cfg.tokens / plat["tokens_per_s"]
+    fixed = plat["command_wall_s"] - cfg.data_units / plat["tokens_per_s"]
     result = {
-        "model": cfg.shape, "n_params": cfg.n_params, "tokens": cfg.tokens, "steps": cfg.steps,
+        "model": f"d{cfg.shape.d_model} L{cfg.shape.n_layers}", "n_params": cfg.n_params, "tokens": cfg.data_units,
+        "steps": cfg.steps,
         "bare_tokens_per_s": bare["tokens_per_s"], "platform_tokens_per_s": plat["tokens_per_s"],
         "ratio": plat["tokens_per_s"] / bare["tokens_per_s"],
         "bare_wall_s": bare["wall_s"], "platform_command_wall_s": plat["command_wall_s"],
@@ -115,7 +115,7 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     print(textwrap.dedent(f"""\
-        model d{cfg.shape['d_model']} L{cfg.shape['n_layers']} (N={cfg.n_params:,}), {cfg.tokens:,} tokens, {cfg.steps} steps, 1 CPU thread
+        model d{cfg.shape.d_model} L{cfg.shape.n_layers} (N={cfg.n_params:,}), {cfg.data_units:,} tokens, {cfg.steps} steps, 1 CPU thread
         bare PyTorch loop      {bare['tokens_per_s']:>10,.0f} tokens/s   ({bare['train_s']:.1f} s training, {bare['wall_s']:.1f} s in all)
         platform (Tune->DS)    {plat['tokens_per_s']:>10,.0f} tokens/s   ({plat['trial_wall_s']:.1f} s trial, {plat['command_wall_s']:.1f} s command)
         ratio (steady state)   {result['ratio']:.3f}   (target >= 0.90)

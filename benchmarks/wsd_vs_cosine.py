@@ -27,7 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.fit import fit_laws  # noqa: E402
-from analysis.points import NOT_POINTS  # noqa: E402
+from analysis.records import TRIALS, Role, Status  # noqa: E402
 from cluster.sweep import run_sweep  # noqa: E402
 
 SIZES = [{"d_model": d, "n_layers": 2, "n_heads": h} for d, h in ((16, 1), (32, 2), (48, 3), (64, 4))]
@@ -57,16 +57,17 @@ def run(schedule: str, unit: int, out: Path, bootstrap: int) -> dict:
     trials = outcome.trials
     fit = fit_laws(trials, laws=["chinchilla"], bootstrap=bootstrap, seed=0, log=lambda m: None)[0]
     estimates = {"alpha": fit.params["alpha"], "beta": fit.params["beta"], "a": fit.derived["a"]}
-    points = trials[~trials["role"].isin(NOT_POINTS)]
+    points = trials[trials[TRIALS.role].map(lambda r: Role(r).fit_point)]
     return {
         "schedule": schedule,
         "trials": len(trials),
-        "completed": int((trials["status"] == "completed").sum()),
-        "flops_paid": float(trials["flops_paid"].sum()),
-        "flops_represented": float(points["flops"].sum()),
+        "completed": int((trials[TRIALS.status] == Status.COMPLETED).sum()),
+        "flops_paid": float(trials[TRIALS.flops_paid].sum()),
+        "flops_represented": float(points[TRIALS.flops].sum()),
         "wall_s": round(wall, 1),
         "fit": {k: {"value": v.value, "low": v.low, "high": v.high} for k, v in estimates.items()},
-        "final_loss": {f"{int(r.n_params)}x{int(r.tokens)}": float(r.final_loss) for r in points.itertuples()},
+        "final_loss": {f"{int(r[TRIALS.n_params])}x{int(r[TRIALS.data_units])}": float(r[TRIALS.final_loss])
+                       for r in points.to_dict("records")},
     }
 
 

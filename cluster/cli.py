@@ -1,24 +1,30 @@
-"""The ``scalinglab`` command line. It sits on top of every layer; nothing imports it.
+"""The ``scalinglab`` command line. It sits on top of every layer; nothing imports it. Work
+that combines layers lives here: at the end of a sweep (``cluster``), the fits and the report
+(``analysis``), through the same function ``scalinglab report`` uses.
 
 Exit status: 0 success; 1 a sweep ran but some trials failed or diverged; 2 a user error
-(bad spec, path or table), printed as one line without a traceback; 130 interrupted.
+(bad spec, path, table or storage), printed as one line without a traceback; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from analysis.points import AnalysisError
-from experiments.errors import UserError
+from analysis.errors import UserError
+
+SWEEP_BOOTSTRAP = 200  # bootstrap resamples of the fits at the end of a sweep
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from analysis.fit import summary
+    from analysis.report import fit_and_report
     from cluster.jobs import materialize_spec
-    from cluster.sweep import fit_sweep, prepare, report_sweep, run_sweep, summary_table
+    from cluster.sweep import prepare, run_sweep
     from experiments.planner import describe
 
-    args.spec = materialize_spec(args.spec)
+    args.spec = materialize_spec(shipped_spec(args.spec))
     if args.dry_run:
         _, trials, uri = prepare(args.spec, args.storage)
         print(describe(trials))
@@ -29,18 +35,54 @@ def _sweep(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed, verbose=args.verbose, max_concurrent=args.max_concurrent,
     )
     print(summary_table(outcome.trials))
-    fits, fit_error = [], "skipped (--no-fit)"
-    if not args.no_fit:
-        print("\nscaling-law fits (95% bootstrap intervals; fits.json in the results folder):")
-        fits, text = fit_sweep(outcome)
-        fit_error = text[len("no fit: "):] if not fits else None
-        print(text)
-    if not args.no_report:
-        print(f"\nreport: {report_sweep(outcome, fits, fit_error)}")
+    if not (args.no_fit and args.no_report):
+        if not args.no_fit:
+            print("\nscaling-law fits (95% bootstrap intervals; fits.json in the results folder):")
+        done = fit_and_report(outcome.storage, refit=True, fit=not args.no_fit, save_fits=True,
+                              report=not args.no_report, bootstrap=SWEEP_BOOTSTRAP, log=lambda msg: None)
+        if not args.no_fit:
+            print(summary(done.fits) if done.fits else f"no fit: {done.fit_error}")
+        if done.report:
+            print(f"\nreport: {done.report}")
     counts = outcome.trials["status"].value_counts().to_dict()
     print(f"{len(outcome.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"; wall time {outcome.wall_s:.0f} s; tables in {outcome.storage}")
     return 0 if outcome.ok else 1
+
+
+def summary_table(trials) -> str:
+    """Final loss (in the family's loss unit) by N (rows) and D (columns) of the fit points,
+    then every trial that did not complete."""
+    from analysis.records import TRIALS, Role, Status
+
+    fit_points = trials[TRIALS.role].map(lambda r: Role(r).fit_point)
+    done = trials[(trials[TRIALS.status] == Status.COMPLETED) & fit_points]
+    lines = []
+    if len(done):
+        table = done.pivot_table(index=TRIALS.n_params, columns=TRIALS.data_units, values=TRIALS.final_loss,
+                                 aggfunc="first")
+        table.index = [f"N={n:.3g}" for n in table.index]
+        table.columns = [f"D={d:.3g}" for d in table.columns]
+        lines.append(f"final held-out loss ({done[TRIALS.loss_unit].iloc[0]}) by model size N and "
+                     f"{done[TRIALS.data_unit].iloc[0]} D:")
+        lines.append(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    for row in trials[trials[TRIALS.status] != Status.COMPLETED].to_dict("records"):
+        status = Status(row[TRIALS.status])
+        why = row[TRIALS.error] or row[TRIALS.caveats] or (
+            "continue with --resume" if not status.finished else "(no error recorded)")
+        lines.append(f"{status}: {row[TRIALS.trial_id]}: {why}")
+    return "\n".join(lines)
+
+
+def shipped_spec(arg: str) -> str:
+    """A spec path as given, or the name of a sweep that ships with scalinglab
+    (``quickstart``: experiments/sweeps/quickstart.yaml of the installed package)."""
+    if Path(arg).exists() or "/" in arg or arg.endswith((".yaml", ".yml")) or arg.startswith("env:"):
+        return arg
+    import experiments
+
+    shipped = Path(experiments.__file__).parent / "sweeps" / f"{arg}.yaml"
+    return str(shipped) if shipped.is_file() else arg
 
 
 def _dry_run_placement(trials, address: str | None, cluster_config: str | None) -> int:
@@ -83,9 +125,9 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _emergence(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
-    from analysis.emergence_tables import detect_sweep, detect_table, summary, to_document
+    from analysis.emergence_tables import EMERGENCE_FILE, detect_sweep, detect_table, summary, to_document
+    from analysis.store import ResultsStore
 
     if Path(args.source).is_dir():
         results, warnings = detect_sweep(args.source, bootstrap=args.bootstrap, seed=args.seed)
@@ -100,7 +142,7 @@ def _emergence(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     document = to_document(results)
     if Path(args.source).is_dir():  # the report draws the flags from here
-        (Path(args.source) / "emergence.json").write_text(json.dumps(document, indent=1))
+        ResultsStore(args.source).write_json(EMERGENCE_FILE, document)
     print(json.dumps(document) if args.format == "json" else summary(results))
     return 0
 
@@ -119,13 +161,16 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from analysis.report import fit_and_report
 
-    from analysis.report import write_report
-
-    out = args.output or str(Path(args.results) / "report.html")
-    write_report(args.results, out, predict=args.predict, bootstrap=args.bootstrap, seed=args.seed)
+    fit_and_report(args.results, out=args.output, predict=args.predict, bootstrap=args.bootstrap, seed=args.seed)
     return 0
+
+
+def law_names() -> list[str]:
+    from analysis.fit import LAW_NAMES
+
+    return list(LAW_NAMES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,13 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="fit scaling laws to a results folder or a CSV/Parquet table")
     fit.add_argument("source", help="a sweep's results folder, or a .csv/.parquet table")
-    fit.add_argument("--law", action="append", help="chinchilla, power_N|D|C, kaplan_N|D|C, isoflop, "
-                     "envelope (repeatable; default: every law the data can identify)")
+    fit.add_argument("--law", action="append", metavar="LAW",
+                     help=f"one of {', '.join(law_names())} (repeatable; default: every law the data can identify)")
     fit.add_argument("--predict", action="append", help="a target: N=1e9,D=2e10 or C=1e21 (repeatable)")
     fit.add_argument("--bootstrap", type=int, default=1000, help="resamples for intervals (0: off)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--n-col", default="n_params")
-    fit.add_argument("--d-col", default="tokens")
+    fit.add_argument("--d-col", default="data_units")
     fit.add_argument("--c-col", default="flops")
     fit.add_argument("--loss-col", default="final_loss")
     fit.add_argument("--full-grid", action="store_true",
@@ -212,11 +257,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_not_shadowed(cwd: Path | None = None) -> None:
+    """scalinglab's packages have generic names. A folder ``models/`` (or ``analysis/``, …) in
+    the working directory would replace ours without a word: in this process when it runs as
+    ``python -m``, and in every Ray worker, which puts the driver's working directory first on
+    its path. Refuse to run then, naming the folder."""
+    import importlib.util
+
+    from cluster.runtime import PACKAGES
+
+    home = Path(__file__).resolve().parent.parent  # where our packages are
+    cwd = (cwd or Path.cwd()).resolve()
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        found = Path(spec.origin).resolve().parent.parent if spec and spec.origin else None
+        local = cwd / name
+        clash = (local / "__init__.py").is_file() or local.with_suffix(".py").is_file()
+        if found != home or (clash and cwd != home):
+            where = local if clash else found
+            raise UserError(f"a package named {name!r} at {where} shadows scalinglab's own ({home / name}); "
+                            "run scalinglab from another directory, or rename that folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_not_shadowed()
         return args.func(args)
-    except (UserError, AnalysisError) as exc:
+    except (UserError, UserError) as exc:
         print(f"scalinglab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

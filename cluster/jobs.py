@@ -1,10 +1,10 @@
 """Sweeps as Ray Jobs: ``scalinglab submit`` and ``scalinglab jobs status|logs|stop``.
 
 A submitted sweep is the ordinary ``scalinglab sweep SPEC --address auto`` run as the job's
-entrypoint on the cluster's head node, with the repository as the job's working directory
-(results, virtualenvs and caches excluded: ``runtime.WORKING_DIR_EXCLUDES``). Everything is
-checked on the laptop first (the spec, its plan and the storage), so a bad spec never becomes
-a job. A spec outside the repository travels in an environment variable of the job.
+entrypoint on the cluster's head node, with scalinglab's packages shipped as the job's
+``py_modules`` (``cluster.runtime.runtime_env``) and the spec's text in an environment
+variable of the job. Everything is checked on the laptop first (the spec, its plan and the
+storage), so a bad spec never becomes a job.
 
 Storage must outlive the job and be visible from every node: an object-store URI
 (``s3://…``, ``gs://…``) or an absolute path on a filesystem shared by all nodes. The
@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.runtime import REPO_ROOT, WORKER_ENV, WORKING_DIR_EXCLUDES
-from experiments.errors import UserError
+from analysis.errors import UserError
+from cluster.runtime import runtime_env
 
-SPEC_ENV = "SCALINGLAB_SPEC_TEXT"  # a spec outside the repository, as text
+SPEC_ENV = "SCALINGLAB_SPEC_TEXT"  # the submitted spec, as text
 SPEC_FROM_ENV = f"env:{SPEC_ENV}"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 FINAL_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -57,15 +57,14 @@ def submit(spec_path: str, *, address: str | None, storage: str | None, wait: bo
     if "://" not in target and not Path(target).expanduser().is_absolute():
         raise UserError(f"submit: storage {target!r} is relative; on the cluster it would land in the job's "
                         "temporary working directory. Give an absolute path on a shared filesystem or a URI")
-    spec_arg, env = _spec_argument(Path(spec_path))
-    args = ["python", "-m", "cluster.cli", "sweep", spec_arg, "--address", "auto", "--storage", target]
+    args = ["python", "-m", "cluster.cli", "sweep", SPEC_FROM_ENV, "--address", "auto", "--storage", target]
     args += ["--resume"] if resume else []
     args += ["--max-concurrent", str(max_concurrent)] if max_concurrent else []
     args += ["--verbose"] if verbose else []
-    runtime_env = {"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES,
-                   "env_vars": {**WORKER_ENV, **env}}
+    _refuse_relative_data_paths(spec_path)
+    env = runtime_env({SPEC_ENV: Path(spec_path).read_text()})
     jobs = client(address)
-    job_id = _submit_when_ready(jobs, entrypoint=" ".join(shlex.quote(a) for a in args), runtime_env=runtime_env,
+    job_id = _submit_when_ready(jobs, entrypoint=" ".join(shlex.quote(a) for a in args), runtime_env=env,
                                 metadata={"scalinglab_sweep": spec.name})
     print(f"submitted sweep {spec.name} ({len(trials)} trials) as Ray job {job_id}; results -> {target}", file=out)
     if not wait:
@@ -87,25 +86,32 @@ def _submit_when_ready(jobs, timeout_s: float = 90, **job) -> str:
             time.sleep(2)
 
 
-def _spec_argument(spec: Path) -> tuple[str, dict]:
-    """The spec as the job sees it: a path inside the shipped repository, or its text."""
-    resolved = spec.resolve()
-    if resolved.is_relative_to(REPO_ROOT):
-        return str(resolved.relative_to(REPO_ROOT)), {}
-    return SPEC_FROM_ENV, {SPEC_ENV: spec.read_text()}
+def _refuse_relative_data_paths(spec_path: str) -> None:
+    """A submitted spec travels as text: its data paths must mean the same on the cluster."""
+    from experiments.yamlio import load_yaml
+
+    data, located = load_yaml(spec_path)
+    paths = ((data or {}).get("data") or {}).get("paths") or []
+    for i, p in enumerate(paths if isinstance(paths, list) else [paths]):
+        if not Path(str(p)).is_absolute():
+            raise located.error(("data", "paths", i), f"{p} is relative; a submitted sweep reads its data on "
+                                "the cluster: give an absolute path on a filesystem every node mounts")
 
 
 def materialize_spec(arg: str) -> str:
-    """Inside a job: a spec given as ``env:SCALINGLAB_SPEC_TEXT`` becomes a file in the job's
-    working directory; any other argument is returned unchanged."""
+    """Inside a job: a spec given as ``env:SCALINGLAB_SPEC_TEXT`` becomes a temporary file;
+    any other argument is returned unchanged."""
     if arg != SPEC_FROM_ENV:
         return arg
     text = os.environ.get(SPEC_ENV)
     if text is None:
         raise UserError(f"{arg}: the environment has no {SPEC_ENV} (only submitted jobs set it)")
-    path = Path("submitted-spec.yaml").resolve()
-    path.write_text(text)
-    return str(path)
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="submitted-spec-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
 
 
 def follow(jobs, job_id: str, *, out=sys.stdout) -> int:

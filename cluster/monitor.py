@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -10,19 +11,11 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from cluster.results import BranchCheckpoints, ResultsStore, evals_frame, trials_frame
+from analysis.records import TRIALS, DataUnit, Role, Status
+from analysis.store import ResultsStore
+from cluster.results import BranchCheckpoints, evals_frame, trials_frame
 from cluster.trial import TRIAL_KEY
-from experiments.planner import TrialConfig
-
-# Per-evaluation metrics copied from a Tune result into evals.parquet (the family's held-out
-# metrics are added to these: every numeric key of the result that is not bookkeeping).
-_BOOKKEEPING = {
-    "step", "tokens", "flops", "done", "status", "error", "elapsed_s", "startup_s", "node_id",
-    "flops_measured_per_token", "replayed", "training_iteration", "time_this_iter_s",
-    "time_total_s", "timestamp", "pid", "time_since_restore", "iterations_since_restore",
-    "checkpoint_dir_name", "should_checkpoint", "checkpoint_path", "precision",
-}
-
+from experiments.trial_report import TrialReport
 
 # The driver's live callbacks. Tune pickles the RunConfig, callbacks included, into its
 # experiment state and, on Tuner.restore, runs the unpickled copies rather than callbacks
@@ -55,7 +48,7 @@ class Dispatch(Callback):
 
 
 def _trial_id(trial) -> str:
-    return TrialConfig.from_json(trial.config[TRIAL_KEY]).trial_id
+    return json.loads(trial.config[TRIAL_KEY])["trial_id"]
 
 
 def error_summary(trial) -> str:
@@ -71,107 +64,94 @@ class TableRecorder(Callback):
     """Keeps trials.parquet and evals.parquet up to date while the sweep runs.
 
     Rewrites at most every ``min_interval_s`` on results, and at once when a trial starts,
-    ends or fails, so a reader in another process sees the sweep as it goes."""
+    ends or fails, so a reader in another process sees the sweep as it goes. Trials in
+    ``replayed`` finished in an earlier run: their rows are final."""
 
     def __init__(self, store: ResultsStore, rows: dict[str, dict], evals: list[dict],
-                 replayed: set[str] = frozenset(), min_interval_s: float = 2.0) -> None:
+                 replayed: frozenset[str] = frozenset(), min_interval_s: float = 2.0) -> None:
         self.store, self.rows, self.evals = store, rows, evals
-        self.replayed = replayed  # finished in an earlier run: their rows are final
+        self.replayed = replayed
         self.min_interval_s = min_interval_s
         self._last_write = 0.0
         self.flush()
 
     def flush(self) -> None:
-        self.store.write_table("trials.parquet", trials_frame(self.rows))
+        self.store.write_table(TRIALS.file, trials_frame(self.rows))
         self.store.write_table("evals.parquet", evals_frame(self.evals))
         self._last_write = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         trial_id = _trial_id(trial)
         if trial_id not in self.replayed:
-            self.rows[trial_id].update(status="running", error="", started_at=datetime.now(timezone.utc))
+            self.rows[trial_id].update({TRIALS.status: Status.RUNNING.value, TRIALS.error: "",
+                                        TRIALS.started_at: datetime.now(timezone.utc)})
             self.flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        trial_id = _trial_id(trial)
-        if result.get("replayed"):
+        report = TrialReport.from_tune(result)
+        if report is None:
             return
-        for metric, value in result.items():
-            if metric in _BOOKKEEPING or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            self.evals.append({"trial_id": trial_id, "step": result["step"], "tokens": result["tokens"],
-                               "flops": result["flops"], "metric": metric, "value": float(value)})
-        if result.get("done"):
-            self._finish(trial_id, result)
+        trial_id = _trial_id(trial)
+        self.evals += report.eval_rows(trial_id)
+        if report.done:
+            self._finish(trial_id, report)
         elif time.monotonic() - self._last_write > self.min_interval_s:
             self.flush()
 
-    def _finish(self, trial_id: str, result: dict) -> None:
+    def _finish(self, trial_id: str, report: TrialReport) -> None:
         row = self.rows[trial_id]
-        row.update(
-            status=result["status"],
-            error=result.get("error", ""),
-            caveats=result.get("caveats", ""),
-            tokens=int(result["tokens"]),
-            flops=float(result["flops"]),
-            flops_measured=float(result["flops_measured_per_token"]) * int(result["tokens"]),
-            final_loss=float(result.get("loss", float("nan"))),
-            final_train_loss=float(result.get("train_loss", float("nan"))),
-            wall_s=float(result["elapsed_s"]),
-            startup_s=float(result["startup_s"]),
-            tokens_per_s=float(result.get("tokens_per_s", float("nan"))),
-            node_id=result.get("node_id", ""),
-            precision=result.get("precision", row["precision"]),  # "auto" resolved on the worker
-            finished_at=datetime.now(timezone.utc),
-        )
+        row.update(report.final_columns())
+        row[TRIALS.finished_at] = datetime.now(timezone.utc)
         self.flush()
-        if row.get("role") == "branch" and row["status"] == "completed":
+        if row[TRIALS.role] == Role.BRANCH and row[TRIALS.status] == Status.COMPLETED:
             self._release(row)
 
     def _release(self, row: dict) -> None:
         """A completed wsd branch no longer needs its trunk's checkpoint at its branch point."""
         try:
-            BranchCheckpoints(self.store.uri).release(row["parent"], int(row["branch_step"]))
+            BranchCheckpoints(self.store.uri).release(row[TRIALS.parent], int(row[TRIALS.branch_step]))
         except OSError as exc:  # a leftover checkpoint costs disk, not results
-            print(f"warning: {row['trial_id']}: cannot delete the trunk checkpoint it started from: {exc}",
+            print(f"warning: {row[TRIALS.trial_id]}: cannot delete the trunk checkpoint it started from: {exc}",
                   file=sys.stderr, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         trial_id = _trial_id(trial)
         if trial_id not in self.replayed:
-            self.rows[trial_id].update(status="failed", error=error_summary(trial),
-                                       finished_at=datetime.now(timezone.utc))
+            self.rows[trial_id].update({TRIALS.status: Status.FAILED.value, TRIALS.error: error_summary(trial),
+                                        TRIALS.finished_at: datetime.now(timezone.utc)})
             self.flush()
 
     def on_experiment_end(self, trials, **info):
         for row in self.rows.values():
-            if row["status"] == "running":  # Tune stopped without a final word (interrupted)
-                row["status"] = "interrupted"
+            if row[TRIALS.status] == Status.RUNNING:  # Tune stopped without a final word
+                row[TRIALS.status] = Status.INTERRUPTED.value
         self.flush()
 
 
 class ProgressPrinter(Callback):
     """Live progress on stderr: an event line per finished trial and a status line every
-    ``interval_s``: trials done/running/failed/pending, current losses, data units/s, ETA."""
+    ``interval_s``: trials by status, current losses, data units/s, ETA."""
 
-    def __init__(self, rows: dict[str, dict], interval_s: float = 10.0, stream=sys.stderr) -> None:
+    def __init__(self, rows: dict[str, dict], interval_s: float = 10.0, stream=None) -> None:
         self.rows, self.interval_s, self.stream = rows, interval_s, stream
         self.started = time.monotonic()
         self._last_print = 0.0
-        self.latest: dict[str, dict] = {}
+        self.latest: dict[str, TrialReport] = {}
 
     def _say(self, text: str) -> None:
-        print(f"[{_clock(time.monotonic() - self.started)}] {text}", file=self.stream, flush=True)
+        print(f"[{_clock(time.monotonic() - self.started)}] {text}", file=self.stream or sys.stderr, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        report = TrialReport.from_tune(result)
+        if report is None:
+            return
         trial_id = _trial_id(trial)
-        self.latest[trial_id] = result
-        if result.get("done") and not result.get("replayed"):
-            mark = "done" if result["status"] == "completed" else result["status"].upper()
-            row = self.rows.get(trial_id, {})
-            self._say(f"{mark:>8} {trial_id}: loss {result.get('loss', float('nan')):.4f} "
-                      f"{row.get('loss_unit', 'nats/token')}, {result.get('tokens_per_s', 0):,.0f} "
-                      f"{row.get('data_unit', 'tokens')}/s, {result['elapsed_s']:.1f} s")
+        self.latest[trial_id] = report
+        if report.done:
+            mark = "done" if report.status == Status.COMPLETED else report.status.value.upper()
+            row = self.rows[trial_id]
+            self._say(f"{mark:>8} {trial_id}: loss {report.loss:.4f} {row[TRIALS.loss_unit]}, "
+                      f"{report.throughput:,.0f} {row[TRIALS.data_unit]}/s, {report.elapsed_s:.1f} s")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._say(f"  FAILED {_trial_id(trial)}: {error_summary(trial)}")
@@ -182,44 +162,46 @@ class ProgressPrinter(Callback):
             self._say(self.status_line())
 
     def status_line(self) -> str:
-        counts: dict[str, int] = {}
+        """Every status with its count (none is left out), the ETA, and each running trial."""
+        counts = {s: 0 for s in Status}
         for row in self.rows.values():
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-        running = [(tid, self.latest.get(tid, {})) for tid, r in self.rows.items() if r["status"] == "running"]
+            counts[Status(row[TRIALS.status])] += 1
+        running = [tid for tid, r in self.rows.items() if r[TRIALS.status] == Status.RUNNING]
         eta = self.eta_s(max(1, len(running)))
-        failed = counts.get("failed", 0) + counts.get("diverged", 0)
-        parts = [f"{counts.get('completed', 0)}/{len(self.rows)} done, {len(running)} running, "
-                 f"{failed} failed, {counts.get('pending', 0)} pending",
+        shown = [s for s in Status if s != Status.COMPLETED and (counts[s] or s in (Status.RUNNING, Status.PENDING))]
+        parts = [f"{counts[Status.COMPLETED]}/{len(self.rows)} done, " + ", ".join(f"{counts[s]} {s}" for s in shown),
                  f"ETA {_clock(eta) if eta is not None else '?'}"]
-        for tid, res in running:
-            if "loss" in res:
-                unit = "tok" if self.rows[tid].get("data_unit", "tokens") == "tokens" else "img"
-                parts.append(f"{tid} {res['tokens']:.3g} {unit} loss {res['loss']:.3f} "
-                             f"{res.get('tokens_per_s', 0):,.0f} {unit}/s")
+        for tid in running:
+            report = self.latest.get(tid)
+            if report is not None and report.metrics:
+                unit = "tok" if self.rows[tid][TRIALS.data_unit] == DataUnit.TOKENS else "img"
+                parts.append(f"{tid} {report.data_units:.3g} {unit} loss {report.loss:.3f} "
+                             f"{report.throughput:,.0f} {unit}/s")
         return " | ".join(parts)
 
     def eta_s(self, slots: int) -> float | None:
-        """Seconds left: each unfinished trial's remaining tokens at the tokens/s seen for its
-        model size (or, for a size not seen yet, at the FLOP rate seen overall), over the
+        """Seconds left: each unfinished trial's remaining data at the data units/s seen for
+        its model size (or, for a size not seen yet, at the FLOP rate seen overall), over the
         number of trials running at once. Small models run far below the FLOP rate of large
         ones, so a FLOPs-only estimate is badly optimistic."""
         speed: dict[int, float] = {}
         flop_rates = []
-        for tid, res in self.latest.items():
-            if res.get("tokens_per_s"):
-                n = self.rows[tid]["n_params"]
-                speed[n] = res["tokens_per_s"]
-                flop_rates.append(res["tokens_per_s"] * self.rows[tid]["flops_per_token"])
+        for tid, report in self.latest.items():
+            if report.throughput > 0:
+                row = self.rows[tid]
+                speed[row[TRIALS.n_params]] = report.throughput
+                flop_rates.append(report.throughput * row[TRIALS.flops_per_unit])
         if not flop_rates:
             return None
         flop_rate = sum(flop_rates) / len(flop_rates)
         left = 0.0
         for tid, row in self.rows.items():
-            if row["status"] not in ("pending", "running"):
+            if Status(row[TRIALS.status]).finished:
                 continue
-            tokens_left = row["tokens"] - self.latest.get(tid, {}).get("tokens", 0)
-            rate = speed.get(row["n_params"]) or flop_rate / row["flops_per_token"]
-            left += tokens_left / rate
+            latest = self.latest.get(tid)
+            units_left = row[TRIALS.data_units] - (latest.data_units if latest else 0)
+            rate = speed.get(row[TRIALS.n_params]) or flop_rate / row[TRIALS.flops_per_unit]
+            left += units_left / rate
         return left / slots
 
 

@@ -10,10 +10,8 @@ Memory per worker (bytes), Ψ = all parameters, W = workers, following Rajbhanda
 - bf16/fp16: parameters 2Ψ, gradients 2Ψ, fp32 master copy and moments 12Ψ.
 - ZeRO-1 divides the optimizer states by W, ZeRO-2 also the gradients, ZeRO-3 also the
   parameters.
-- Activations, for the transformer: L·s·b·d·34 bytes per micro-batch of b sequences in 16-bit
-  (Korthikanti et al. 2022, without recomputation and without the s² attention scores, which
-  fused attention does not keep), twice that in fp32, plus fp32 logits 4·s·b·V. Other families:
-  model states only.
+- Activations: the family's own estimate (``ModelFamily.activation_bytes``; the transformer's
+  follows Korthikanti et al. 2022). Families without one: model states only.
 
 It is an estimate: allocator slack, the CUDA context (~0.5–1 GiB) and communication buffers
 come on top.
@@ -25,7 +23,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.errors import UserError
+from analysis.errors import UserError
 from experiments.planner import TrialConfig
 
 GIB = 2**30
@@ -88,13 +86,8 @@ def memory_per_worker(cfg: TrialConfig) -> dict[str, float]:
     params, grads, optim = (2 * psi, 2 * psi, 12 * psi) if half else (4 * psi, 4 * psi, 8 * psi)
     states = (params / (w if stage >= 3 else 1) + grads / (w if stage >= 2 else 1)
               + optim / (w if stage >= 1 else 1))
-    shape = cfg.shape
-    if {"d_model", "n_layers", "vocab"} <= set(shape):
-        s, b = cfg.training.seq_len, cfg.training.batch_size // w
-        per_layer = 34 * s * b * shape["d_model"] * (1 if half else 2)
-        activations = shape["n_layers"] * per_layer + 4 * s * b * shape["vocab"]
-    else:
-        activations = float("nan")
+    activations = cfg.model_family.activation_bytes(cfg.shape, cfg.training.batch_size // w, half)
+    activations = float("nan") if activations is None else float(activations)
     total = states + (0 if math.isnan(activations) else activations)
     return {"model_states": states, "activations": activations, "total": total}
 

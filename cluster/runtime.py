@@ -1,65 +1,93 @@
 """Ray itself: an embedded local Ray sized to this machine, or an existing cluster.
 
 ``--address`` takes what ``ray.init`` takes: ``ray://HOST:10001`` (Ray Client), ``HOST:6379``
-or ``auto``. When connecting to a cluster, the repository is shipped as the job's working
-directory so ``cluster``, ``experiments``, ``models`` and ``analysis`` import on every worker.
+or ``auto``. On a cluster, scalinglab's four packages travel to every worker as Ray
+``py_modules``, taken from wherever they are imported from: a checkout or an installed wheel
+alike, and nothing else of the machine (no results folder, no virtualenv).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Paths never shipped to a cluster: results, environments, caches.
-WORKING_DIR_EXCLUDES = [
-    "results/", ".venv/", "venv/", ".git/", "**/__pycache__/", ".pytest_cache/", "*.egg-info/",
-    ".whl/", ".gl/", "build/", "*.html", "test-artifacts/",
-]
-
-JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a submitted job's driver
+PACKAGES = ("cluster", "experiments", "models", "analysis")
 
 # Environment that every Ray process (workers included) starts with.
 WORKER_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",  # faster TorchTrainer teardown
     "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONWARNINGS": "ignore",
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0, Tune then prints nothing of its own
 }
 
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a submitted job's driver
 
-def start_ray(address: str | None, *, verbose: bool = False, num_cpus: int | None = None) -> dict:
-    """Start (or connect to) Ray; returns the cluster's total resources."""
+# Warnings we know and leave out of a sweep's output, each by its text and where it comes
+# from; everything else is shown (nothing is silenced wholesale).
+KNOWN_WARNINGS = [
+    (r".*pkg_resources is deprecated.*", UserWarning, ""),
+    (r".*torch\.distributed\.reduce_op.*deprecated.*", FutureWarning, ""),
+    (r".*TypedStorage is deprecated.*", UserWarning, ""),
+    (r".*`torch\.cuda\.amp\..*` is deprecated.*", FutureWarning, ""),
+    (r".*You are using `torch\.load` with `weights_only=False`.*", FutureWarning, ""),
+    (r".*No device id is provided via `init_process_group` or `barrier `.*", UserWarning, ""),
+]
+
+
+def quiet_known_warnings() -> None:
+    for message, category, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+def package_dirs() -> list[str]:
+    """The folders of scalinglab's packages, wherever they are imported from (a checkout or
+    an installed wheel): what Ray's ``py_modules`` ships, each as the package of its name."""
+    import importlib
+
+    return [str(Path(importlib.import_module(name).__file__).parent) for name in PACKAGES]
+
+
+def runtime_env(extra_env: dict[str, str] | None = None) -> dict:
+    """The runtime environment of a cluster's jobs and workers: our packages and env."""
+    return {"py_modules": package_dirs(), "env_vars": {**WORKER_ENV, **(extra_env or {})},
+            "excludes": ["__pycache__"]}
+
+
+def start_ray(address: str | None, *, verbose: bool = False, num_cpus: int | None = None) -> bool:
+    """Start (or connect to) Ray. Returns whether this call started it (and so should stop it:
+    a caller that finds Ray already running, as the test suite's shared one, leaves it be)."""
     import ray
 
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
-        return ray.cluster_resources()
-    runtime_env: dict = {"env_vars": dict(WORKER_ENV)}
+        return False
     kwargs: dict = {
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "configure_logging": True,
     }
     if address and os.environ.get(JOB_CONFIG_ENV):
-        # Inside a submitted Ray Job: the job already carries the working directory and the
+        # Inside a submitted Ray Job: the job already carries our packages and the
         # environment (cluster.jobs); a runtime_env here would replace the job's.
         ray.init(address=address, **kwargs)
     elif address:
-        runtime_env.update(working_dir=str(REPO_ROOT), excludes=WORKING_DIR_EXCLUDES)
-        ray.init(address=address, runtime_env=runtime_env, **kwargs)
+        ray.init(address=address, runtime_env=runtime_env(), **kwargs)
     else:
         # An embedded cluster for this process only: no dashboard (memory), no auth token.
+        # Its workers import our packages from where this process does.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            **kwargs,
-        )
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                 runtime_env={"env_vars": dict(WORKER_ENV)}, **kwargs)
+    return True
+
+
+def cluster_resources() -> dict:
+    import ray
+
     return ray.cluster_resources()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from experiments.errors import UserError
+from analysis.errors import UserError
 
 
 def local_path(uri: str) -> Path | None:

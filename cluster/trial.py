@@ -17,15 +17,24 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import warnings
 from contextlib import closing
+from dataclasses import dataclass
 
 from experiments.planner import TrialConfig
+from experiments.train_loop import WorkerContext
 
 TRIAL_KEY = "trial"  # the Tune config key that holds the TrialConfig as JSON
-# Fault injection for testing failure handling on a real cluster: trials whose id contains
-# one of these comma-separated strings raise at start (README, "Failures and resume").
-FAULT_ENV = "SCALINGLAB_INJECT_FAILURE"
+
+
+@dataclass(frozen=True)
+class TestHooks:
+    """Test hooks, passed explicitly to ``run_sweep`` (never read from the environment):
+    trials whose id contains one of the ``fail`` substrings raise at start, which exercises
+    failure handling on a real cluster (docs/contributing.md)."""
+
+    fail: tuple[str, ...] = ()
+
+    __test__ = False  # not a pytest test class
 
 
 def resources_for(config: dict):
@@ -40,20 +49,16 @@ def resources_for(config: dict):
     return tune.PlacementGroupFactory([{"CPU": 0.01}])
 
 
-def run_trial(config: dict, train_storage: str = "", verbose: bool = False,
-              finished: dict | None = None, results_uri: str = "") -> None:
-    """The Tune function trainable. ``finished`` maps trial ids already finished (in the
-    results table) to their final metrics, which are replayed instead of training again.
-    Sample grids go to ``results_uri``/samples/<trial id>/ (nowhere when it is empty)."""
+def run_trial(config: dict, train_storage: str = "", verbose: bool = False, finished: frozenset = frozenset(),
+              results_uri: str = "", hooks: TestHooks = TestHooks()) -> None:
+    """The Tune function trainable. Trials in ``finished`` (already finished in the results
+    table) return at once instead of training again. Sample grids and wsd checkpoints go to
+    the results store at ``results_uri``."""
     cfg = TrialConfig.from_json(config[TRIAL_KEY])
-    if finished and cfg.trial_id in finished:
-        from ray import tune
-
-        tune.report(dict(finished[cfg.trial_id], replayed=True))
+    if cfg.trial_id in finished:
         return
-    faults = [f for f in os.environ.get(FAULT_ENV, "").split(",") if f]
-    if any(f in cfg.trial_id for f in faults):
-        raise RuntimeError(f"injected failure ({FAULT_ENV}) in trial {cfg.trial_id}")
+    if any(f in cfg.trial_id for f in hooks.fail):
+        raise RuntimeError(f"injected failure (TestHooks.fail) in trial {cfg.trial_id}")
     _quiet_worker(verbose, cfg)
     if cfg.workers == 1:
         _run_in_process(cfg, results_uri)
@@ -61,28 +66,22 @@ def run_trial(config: dict, train_storage: str = "", verbose: bool = False,
         _run_torch_trainer(cfg, train_storage, verbose, results_uri)
 
 
-def artifact_saver(results_uri: str, trial_id: str):
-    """``save(name, data)`` writing into the results store's ``samples/<trial_id>/``."""
-    if not results_uri:
-        return None
-    from cluster.results import ResultsStore
-
-    store = ResultsStore(results_uri)
-
-    def save(name: str, data: bytes) -> None:
-        store.fs.create_dir(store.path(f"samples/{trial_id}"), recursive=True)
-        store.write_bytes(f"samples/{trial_id}/{name}", data)
-
-    return save
-
-
-def branch_points(results_uri: str, cfg: TrialConfig):
-    """Where a wsd trunk saves, and its branches find, the branch-point checkpoints."""
-    if not results_uri or cfg.role not in ("trunk", "branch"):
-        return None
+def worker_context(cfg: TrialConfig, results_uri: str, rank: int, world: int, report, restore_dir, node_id: str):
+    """The loop's context: sample grids into ``samples/<trial_id>/`` of the results store (rank
+    0), and a wsd trial's branch-point checkpoints there."""
+    from analysis.records import Role
+    from analysis.store import ResultsStore
     from cluster.results import BranchCheckpoints
 
-    return BranchCheckpoints(results_uri)
+    save = None
+    if results_uri and rank == 0:
+        store = ResultsStore(results_uri)
+
+        def save(name: str, data: bytes) -> None:
+            store.write_bytes(f"samples/{cfg.trial_id}/{name}", data)
+
+    points = BranchCheckpoints(results_uri) if results_uri and cfg.role in (Role.TRUNK, Role.BRANCH) else None
+    return WorkerContext(rank, world, report, restore_dir, node_id, save, points)
 
 
 def _run_in_process(cfg: TrialConfig, results_uri: str) -> None:
@@ -90,7 +89,7 @@ def _run_in_process(cfg: TrialConfig, results_uri: str) -> None:
     import torch
     from ray import tune
 
-    from experiments.train_loop import WorkerContext, disable_jit_comm_op, run_worker, set_distributed_env
+    from experiments.train_loop import disable_jit_comm_op, run_worker, set_distributed_env
 
     set_distributed_env(0, 1, 0, 1, "127.0.0.1", _free_port())
     import deepspeed
@@ -99,17 +98,16 @@ def _run_in_process(cfg: TrialConfig, results_uri: str) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if cfg.gpus_per_worker > 0 else "gloo")
     restore = tune.get_checkpoint()
 
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+    def report(result, checkpoint_dir: str | None) -> None:
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=ckpt)
+        tune.report(result.to_tune(), checkpoint=ckpt)
 
     try:
-        save, points = artifact_saver(results_uri, cfg.trial_id), branch_points(results_uri, cfg)
         if restore is None:
-            run_worker(cfg, WorkerContext(0, 1, report, None, _node_id(ray), save, points))
+            run_worker(cfg, worker_context(cfg, results_uri, 0, 1, report, None, _node_id(ray)))
         else:
             with restore.as_directory() as path:
-                run_worker(cfg, WorkerContext(0, 1, report, path, _node_id(ray), save, points))
+                run_worker(cfg, worker_context(cfg, results_uri, 0, 1, report, path, _node_id(ray)))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -146,7 +144,7 @@ def _train_worker(loop_config: dict) -> None:
     import ray
     import ray.train
 
-    from experiments.train_loop import WorkerContext, run_worker, set_distributed_env
+    from experiments.train_loop import run_worker, set_distributed_env
 
     cfg = TrialConfig.from_json(loop_config[TRIAL_KEY])
     _quiet_worker(loop_config["verbose"], cfg)
@@ -155,28 +153,31 @@ def _train_worker(loop_config: dict) -> None:
     set_distributed_env(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(),
                         ctx.get_local_world_size(), master, int(os.environ.get("MASTER_PORT", 29500)))
 
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+    def report(result, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
+        ray.train.report(result.to_tune(), checkpoint=ckpt)
 
     restore = ray.train.get_checkpoint()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    uri = loop_config.get("results_uri", "")
-    save = artifact_saver(uri, cfg.trial_id) if rank == 0 else None
-    points = branch_points(uri, cfg)
+    uri = loop_config["results_uri"]
     if restore is None:
-        run_worker(cfg, WorkerContext(rank, world, report, None, _node_id(ray), save, points))
+        run_worker(cfg, worker_context(cfg, uri, rank, world, report, None, _node_id(ray)))
     else:
         with restore.as_directory() as path:
-            run_worker(cfg, WorkerContext(rank, world, report, path, _node_id(ray), save, points))
+            run_worker(cfg, worker_context(cfg, uri, rank, world, report, path, _node_id(ray)))
 
 
 def _quiet_worker(verbose: bool, cfg: TrialConfig) -> None:
+    """DeepSpeed's CPU accelerator without a GPU; and, unless ``verbose``, the libraries'
+    INFO logging off (their warnings stay on: each known, harmless one is filtered by name in
+    ``cluster.runtime.quiet_known_warnings``)."""
+    from cluster.runtime import quiet_known_warnings
+
     if cfg.gpus_per_worker == 0:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    quiet_known_warnings()
     if verbose:
         return
-    warnings.filterwarnings("ignore")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
     import deepspeed  # its logger is (re)configured at import: quiet it afterwards
 

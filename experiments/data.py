@@ -32,8 +32,12 @@ from typing import Iterator
 
 import numpy as np
 
-from experiments.errors import UserError
-from experiments.spec import DataSpec, SyntheticSpec
+from analysis.errors import UserError
+from experiments.spec import DataSpec, Source, SyntheticSpec
+from experiments.yamlio import FieldError
+
+TEXT_BUILDERS = {".txt": "text", ".py": "text", ".md": "text", ".jsonl": "json", ".json": "json",
+                 ".parquet": "parquet"}  # file suffix -> datasets builder
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class TokenData:
 
 
 def vocab_size(spec: DataSpec) -> int:
-    if spec.source == "synthetic":
+    if spec.source == Source.SYNTHETIC:
         return spec.synthetic.vocab
     if spec.tokenizer == "byte":
         return 256
@@ -55,7 +59,7 @@ def vocab_size(spec: DataSpec) -> int:
 def load_tokens(spec: DataSpec, *, train_tokens: int, validation_tokens: int) -> TokenData:
     """Read documents until the training stream has ``train_tokens`` tokens (or the source
     is exhausted: trials then wrap around) and validation has ``validation_tokens``."""
-    if spec.source == "synthetic":
+    if spec.source == Source.SYNTHETIC:
         return _synthetic_tokens(spec.synthetic, spec.validation_fraction)
     encode = _encoder(spec.tokenizer)
     train: list[np.ndarray] = []
@@ -94,14 +98,14 @@ def _documents(spec: DataSpec) -> Iterator[str]:
 
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
-    if spec.source == "hub":
+    if spec.source == Source.HUB:
         yield from _hub_documents(spec)
         return
-    files = stdlib_files() if spec.source == "stdlib" else [Path(p) for p in spec.paths]
+    files = stdlib_files() if spec.source == Source.STDLIB else [Path(p) for p in spec.paths]
     budget = spec.max_bytes
     for builder, group in _group_by_builder(files):
         kwargs = {"sample_by": "document"} if builder == "text" else {}
-        if spec.source == "stdlib":
+        if spec.source == Source.STDLIB:
             kwargs["encoding_errors"] = "replace"  # a few stdlib test files are Latin-1
         try:
             ds = datasets.load_dataset(
@@ -121,14 +125,47 @@ def _documents(spec: DataSpec) -> Iterator[str]:
                 return
 
 
+def check_token_data(spec: DataSpec) -> None:
+    """Before launch: every file of a ``files`` source exists, has a known suffix, and a JSONL
+    or Parquet file has the ``text_field`` column (its schema or first line, not its data)."""
+    if spec.source != Source.FILES:
+        return
+    for i, name in enumerate(spec.paths):
+        path = Path(name)
+        if not path.is_file():
+            raise FieldError(("paths", i), f"file not found: {name}")
+        builder = TEXT_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise FieldError(("paths", i), f"cannot read {name}: expected .txt, .jsonl or .parquet")
+        if builder != "text" and spec.text_field not in _columns(path, builder):
+            raise FieldError(("text_field",), f"column {spec.text_field!r} not in {name} "
+                             f"(columns: {sorted(_columns(path, builder))})")
+
+
+def _columns(path: Path, builder: str) -> set[str]:
+    import json
+
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        return set(pq.read_schema(path).names)
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    raise FieldError(("paths",), f"{path}: the first line is not JSON") from None
+                return set(row) if isinstance(row, dict) else set()
+    return set()
+
+
 def _group_by_builder(files: list[Path]) -> Iterator[tuple[str, list[Path]]]:
-    kinds = {".txt": "text", ".py": "text", ".md": "text", ".jsonl": "json", ".json": "json",
-             ".parquet": "parquet"}
     groups: dict[str, list[Path]] = {}
     for f in files:
         if not f.is_file():
             raise UserError(f"data.paths: file not found: {f}")
-        kind = kinds.get(f.suffix.lower())
+        kind = TEXT_BUILDERS.get(f.suffix.lower())
         if kind is None:
             raise UserError(
                 f"data.paths: cannot read {f}: expected .txt, .jsonl or .parquet"
@@ -147,15 +184,15 @@ def _hub_documents(spec: DataSpec) -> Iterator[str]:
     except KeyError:
         raise UserError(f"data.text_field: {spec.text_field!r} is not a column of {spec.name}") from None
     except Exception as exc:  # offline, unknown name, gated: all look alike from here
-        raise hub_error(spec, exc, "files") from None
+        raise hub_error(spec, exc, Source.FILES) from None
 
 
-def hub_error(spec: DataSpec, exc: Exception, local_source: str) -> UserError:
+def hub_error(spec: DataSpec, exc: Exception, local_source: Source) -> UserError:
     """The error for a hub dataset that cannot be streamed, pointing at the local alternative."""
     return UserError(
         f"data.name: cannot stream hub dataset {spec.name!r} ({type(exc).__name__}: "
         f"{str(exc)[:200]}); this needs network access to the Hugging Face hub, "
-        f"or use source: {local_source} with a local copy"
+        f"or use source: {local_source.value} with a local copy"
     )
 
 

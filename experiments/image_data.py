@@ -29,12 +29,14 @@ from typing import Iterator
 
 import numpy as np
 
+from analysis.errors import UserError
 from experiments.data import _is_validation, hub_error
-from experiments.errors import UserError
-from experiments.spec import DataSpec
+from experiments.spec import DataSpec, Source
+from experiments.yamlio import FieldError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _CHUNK = 1024  # procedural images are generated in seeded chunks of this many
+DIGITS_SIZE = 8  # scikit-learn's digits are 8x8
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,12 @@ class ImageData:
 def load_images(spec: DataSpec, *, train_samples: int, validation_samples: int) -> ImageData:
     """The training images (all of them, or ``train_samples`` for the unlimited procedural
     source) and the first ``validation_samples`` of the fixed validation split."""
-    if spec.source == "procedural":
+    if spec.source == Source.PROCEDURAL:
         return ImageData(
             procedural_images(spec, 0, train_samples, stream=0),
             procedural_images(spec, 0, validation_samples, stream=1),
         )
-    if spec.source == "digits":
+    if spec.source == Source.DIGITS:
         pixels = _digits(spec)
     else:
         pixels = _decoded(spec)
@@ -59,7 +61,7 @@ def load_images(spec: DataSpec, *, train_samples: int, validation_samples: int) 
     val: list[np.ndarray] = []
     for index, image in enumerate(pixels):
         (val if _is_validation(index, spec.validation_fraction) else train).append(image)
-        if spec.source == "hub" and len(train) >= train_samples and len(val) >= validation_samples:
+        if spec.source == Source.HUB and len(train) >= train_samples and len(val) >= validation_samples:
             break
     if not train or not val:
         raise UserError(
@@ -67,6 +69,55 @@ def load_images(spec: DataSpec, *, train_samples: int, validation_samples: int) 
             "images; it needs images in both splits (more images, or another validation_fraction)"
         )
     return ImageData(np.stack(train), np.stack(val[:validation_samples]))
+
+
+def check_image_data(spec: DataSpec) -> None:
+    """Before launch: the digits' size, and for an ``images`` source that every path exists
+    and is readable, that a Parquet or Arrow file has the image column, and that the first
+    image of every folder or file list has ``image_size`` (unless ``resize``). The images after
+    the first are checked when a trial reads them."""
+    if spec.source == Source.DIGITS and spec.image_size != DIGITS_SIZE and not spec.resize:
+        raise FieldError(("image_size",), f"the digits are {DIGITS_SIZE}x{DIGITS_SIZE} pixels; set image_size: "
+                         f"{DIGITS_SIZE}, or resize: true to rescale them to {spec.image_size}")
+    if spec.source != Source.IMAGES:
+        return
+    for i, name in enumerate(spec.paths):
+        try:
+            groups = _group((name,))
+        except UserError as exc:
+            raise FieldError(("paths", i), str(exc).split(": ", 1)[-1]) from None
+        for builder, files in groups:
+            if builder == "imagefolder":
+                _check_first_image(spec, files[0], ("paths", i))
+            elif spec.image_field not in _table_columns(files[0], builder):
+                raise FieldError(("image_field",), f"column {spec.image_field!r} not in {files[0]} "
+                                 f"(columns: {sorted(_table_columns(files[0], builder))})")
+
+
+def _check_first_image(spec: DataSpec, path: Path, field: tuple) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            size = image.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise FieldError(field, f"cannot read {path}: {exc}") from None
+    if size != (spec.image_size, spec.image_size) and not spec.resize:
+        raise FieldError(("image_size",), f"{path} is {size[0]}x{size[1]} pixels, expected {spec.image_size}x"
+                         f"{spec.image_size}; set data.image_size to match, or resize: true to rescale images")
+
+
+def _table_columns(path: Path, builder: str) -> set[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if builder == "parquet":
+        return set(pq.read_schema(path).names)
+    with pa.memory_map(str(path)) as source:  # datasets writes Arrow files as IPC streams
+        try:
+            return set(pa.ipc.open_stream(source).schema.names)
+        except pa.ArrowInvalid:
+            return set(pa.ipc.open_file(source).schema.names)
 
 
 # --- sources --------------------------------------------------------------------------------
@@ -132,7 +183,7 @@ def _rows(spec: DataSpec) -> Iterator[tuple[str, object]]:
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
     field = spec.image_field
-    if spec.source == "hub":
+    if spec.source == Source.HUB:
         try:
             ds = datasets.load_dataset(spec.name, spec.config, split=spec.split, streaming=True)
             ds = ds.cast_column(field, datasets.Image(decode=False))
@@ -143,7 +194,7 @@ def _rows(spec: DataSpec) -> Iterator[tuple[str, object]]:
         except UserError:
             raise
         except Exception as exc:  # offline, unknown name, gated: all look alike from here
-            raise hub_error(spec, exc, "images") from None
+            raise hub_error(spec, exc, Source.IMAGES) from None
         return
     for builder, files in _group(spec.paths):
         try:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from analysis.records import capability_metric, stderr_of
 from experiments.spec import ProbeSpec, ProbeTask
 
 TASKS = get_args(ProbeTask)
@@ -160,8 +161,9 @@ def _encoded(spec: ProbeSpec, task: str, context: int) -> _Encoded:
 
 
 @torch.no_grad()
-def evaluate_probes(model, spec: ProbeSpec, context: int, device, batch_size: int = 256) -> dict[str, float]:
-    """``TASK/exact_match``, ``TASK/logprob`` and ``TASK/token_accuracy`` on the held-out items."""
+def evaluate_probes(logits_of, spec: ProbeSpec, context: int, device, batch_size: int = 256) -> dict[str, float]:
+    """``TASK/exact_match``, ``TASK/logprob`` and ``TASK/token_accuracy`` on the held-out items;
+    ``logits_of(tokens)`` gives next-token logits [B, T, V] for token ids [B, T]."""
     metrics = {}
     for task in spec.tasks:
         enc = _encoded(spec, task, context)
@@ -169,7 +171,7 @@ def evaluate_probes(model, spec: ProbeSpec, context: int, device, batch_size: in
         for start in range(0, len(enc.tokens), batch_size):
             tokens = enc.tokens[start: start + batch_size].to(device)
             mask = enc.answer_mask[start: start + batch_size].to(device)
-            logits = model(tokens[:, :-1]).float()
+            logits = logits_of(tokens[:, :-1]).float()
             target = tokens[:, 1:]
             tok_logp = F.log_softmax(logits, dim=-1).gather(-1, target[..., None])[..., 0]
             right = logits.argmax(-1) == target
@@ -191,6 +193,6 @@ def evaluate_probes(model, spec: ProbeSpec, context: int, device, batch_size: in
                 stderr = (p_s * (1 - p_s) / n) ** 0.5
             else:
                 stderr = float(per_item.std(unbiased=True)) / n**0.5 if n > 1 else float("nan")
-            metrics[f"{task}/{name}"] = mean
-            metrics[f"{task}/{name}_stderr"] = stderr
+            metrics[capability_metric(task, name)] = mean
+            metrics[stderr_of(capability_metric(task, name))] = stderr
     return metrics

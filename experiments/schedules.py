@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+from analysis.records import Schedule
+
 
 def cosine(step: int, steps: int, warmup_steps: int, min_ratio: float) -> float:
     if step < warmup_steps:
@@ -37,7 +39,7 @@ def lr_multiplier(cfg):
     """``step -> multiplier`` of a TrialConfig's schedule."""
     tr = cfg.training
     warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else round(tr.warmup_fraction * cfg.steps)
-    if tr.schedule == "wsd":
+    if tr.schedule == Schedule.WSD:
         decay = cfg.decay_start if cfg.decay_start > 0 else cfg.steps - max(1, round(tr.cooldown_fraction * cfg.steps))
         return lambda s: wsd(s, cfg.steps, warmup, decay, tr.min_lr_ratio, tr.cooldown_shape)
     return lambda s: cosine(s, cfg.steps, warmup, tr.min_lr_ratio)

@@ -1,8 +1,13 @@
 """The sweep spec: what a user writes in YAML, as frozen dataclasses validated once, at load.
 
-Every field, its unit and its default is listed in README ("Sweep spec reference"). Checks
-that need the model family (impossible budgets, sizes) happen in ``experiments.planner``,
-which still runs before anything is launched.
+The ``model`` block belongs to the spec's family: each entry of ``model.sizes`` is parsed by
+the family's ``size_type`` (plus ``params``, ``workers`` and ``zero_stage``), and the other
+keys of ``model`` by its ``options_type`` (``models.family``). Adding a family never edits
+this file. Every field's documentation is its ``doc_field`` text, from which docs/spec.md is
+generated (``python -m experiments.spec_docs``; a test checks the two agree).
+
+Checks that need the model family or the data (impossible budgets, shapes, unreadable data
+files) happen in ``experiments.planner``, which also runs before anything is launched.
 """
 
 from __future__ import annotations
@@ -10,94 +15,59 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
+from analysis.records import Closed, DataUnit, Schedule
 from experiments.yamlio import Located, build, load_yaml
+from models.family import SIZE_KEYS, ModelFamily, doc_field, family_names, get_family
 
 
 @dataclass(frozen=True, kw_only=True)
 class SizeSpec:
-    """One model size: a target scaling N (``params``, turned into a shape by the family's
-    rule) or an explicit shape in the family's own fields: ``d_model``, ``n_layers``,
-    ``n_heads`` (transformer; diffusion, with ``patch`` for the DiT), or ``width``, ``depth``,
-    ``latent`` (vae). ``workers`` and ``zero_stage`` override the sweep-wide values."""
+    """One entry of ``model.sizes``: a target scaling N (``params``, turned into a shape by the
+    family's rule) or the family's own size fields (``shape``); ``workers`` and ``zero_stage``
+    override the sweep-wide values for this size."""
 
-    params: float | None = None
-    d_model: int | None = None
-    n_layers: int | None = None
-    n_heads: int | None = None
-    patch: int | None = None
-    width: int | None = None
-    depth: int | None = None
-    latent: int | None = None
-    workers: int | None = None
-    zero_stage: Literal[0, 1, 2, 3] | None = None
+    params: float | None = doc_field(None, "target scaling N; the family's rule picks the shape")
+    shape: Any = doc_field(None, "the family's size fields (docs/families.md), when params is not given")
+    workers: int | None = doc_field(None, "this size's Ray Train workers (default: resources.workers)")
+    zero_stage: Literal[0, 1, 2, 3] | None = doc_field(None, "this size's ZeRO stage (default: deepspeed's)")
 
     def __post_init__(self) -> None:
-        explicit = self.shape_fields()
-        if self.params is not None and explicit:
-            raise ValueError(f"give either params or the shape fields, not both (got params and {sorted(explicit)})")
-        if self.params is None and not explicit:
-            raise ValueError("needs params, or the family's shape fields (e.g. d_model, n_layers, n_heads)")
+        if (self.params is None) == (self.shape is None):
+            raise ValueError("give either params or the family's shape fields (e.g. d_model, n_layers, n_heads)")
         if self.params is not None and self.params < 1:
             raise ValueError(f"params must be positive, got {self.params}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
-    def shape_fields(self) -> dict[str, int]:
-        """The explicit shape fields given (the family's shape type checks them)."""
-        names = ("d_model", "n_layers", "n_heads", "patch", "width", "depth", "latent")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """``sizes`` plus options of the family's models: ``backbone`` (diffusion: dit or unet),
-    ``noise_schedule`` (diffusion: linear or cosine), ``likelihood`` (vae: gaussian, a
-    discretized Gaussian over 8-bit pixels, or bernoulli over binarized pixels) and
-    ``iw_samples`` (vae: k of the importance-weighted bound at evaluation) and ``gan_loss``
-    (gan: hinge or ns, the non-saturating loss). An option the
-    family does not have is an error; left out, the family's default applies."""
+    """``sizes``, and the family's options (every other key of the ``model`` block)."""
 
-    sizes: tuple[SizeSpec, ...]
-    aspect_ratio: int = 32  # d_model / n_layers for sizes given as params
-    head_dim: int = 16  # d_model / n_heads for sizes given as params
-    backbone: Literal["dit", "unet"] | None = None
-    noise_schedule: Literal["linear", "cosine"] | None = None
-    likelihood: Literal["gaussian", "bernoulli"] | None = None
-    iw_samples: int | None = None
-    gan_loss: Literal["hinge", "ns"] | None = None
+    sizes: tuple[SizeSpec, ...] = doc_field(doc="model sizes, each as SizeSpec")
+    options: Any = doc_field(doc="the family's options_type")
 
     def __post_init__(self) -> None:
         if not self.sizes:
             raise ValueError("sizes: at least one model size is needed")
-        if self.aspect_ratio < 1 or self.head_dim < 1:
-            raise ValueError("aspect_ratio and head_dim must be positive")
-
-    # the shape field each option sets
-    OPTION_FIELDS = {"backbone": "backbone", "noise_schedule": "schedule", "likelihood": "likelihood",
-                     "iw_samples": "iw_samples", "gan_loss": "gan_loss"}
-
-    def options(self) -> dict[str, object]:
-        """The options given, under the names of the shape fields they set."""
-        named = {field: getattr(self, option) for option, field in self.OPTION_FIELDS.items()}
-        return {k: v for k, v in named.items() if v is not None}
 
 
 @dataclass(frozen=True, kw_only=True)
 class BudgetSpec:
-    """``grid``: every size × every data budget, in the family's data unit: ``tokens``
-    (language models) or ``samples`` (image families). ``isoflop``: every size × every
-    compute budget, D = flops / (training FLOPs per data unit of the size)."""
+    """``grid``: every size × every data budget, in the family's data unit (a list named after
+    it: ``tokens`` or ``samples``). ``isoflop``: every size × every compute budget, with
+    D = flops / (training FLOPs per data unit of the size)."""
 
-    kind: Literal["grid", "isoflop"] = "grid"
-    tokens: tuple[float, ...] = ()
-    samples: tuple[float, ...] = ()
-    flops: tuple[float, ...] = ()
+    kind: Literal["grid", "isoflop"] = doc_field("grid", "grid: sizes x data budgets; isoflop: sizes x compute budgets")
+    tokens: tuple[float, ...] = doc_field((), "grid: D per trial, tokens (language models)")
+    samples: tuple[float, ...] = doc_field((), "grid: D per trial, images (image families)")
+    flops: tuple[float, ...] = doc_field((), "isoflop: C per trial, FLOPs; D = C / (FLOPs per data unit of the size)")
 
     def __post_init__(self) -> None:
-        given = [k for k in ("tokens", "samples", "flops") if getattr(self, k)]
-        wanted = ["tokens", "samples"] if self.kind == "grid" else ["flops"]
+        given = [k for k in (*DataUnit.values(), "flops") if getattr(self, k)]
+        wanted = DataUnit.values() if self.kind == "grid" else ["flops"]
         if not any(k in given for k in wanted):
             raise ValueError(f"kind {self.kind!r} needs a list of {' or '.join(wanted)}")
         if len(given) > 1:
@@ -105,10 +75,9 @@ class BudgetSpec:
         if any(v <= 0 for v in getattr(self, given[0])):
             raise ValueError(f"{given[0]} must all be positive")
 
-    @property
-    def data(self) -> tuple[float, ...]:
-        """The grid's data budgets, whichever unit they were given in."""
-        return self.tokens or self.samples
+    def data(self, unit: DataUnit) -> tuple[float, ...]:
+        """The grid's data budgets in ``unit`` (empty when they were given in another)."""
+        return getattr(self, unit.value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,11 +85,11 @@ class SyntheticSpec:
     """A seeded first-order Markov chain over ``vocab`` tokens; rows of its transition matrix
     are Dirichlet(``concentration``) draws (small concentration: low entropy)."""
 
-    vocab: int = 32
-    concentration: float = 0.3
-    seed: int = 1234
-    train_tokens: int = 2_000_000  # length of the generated training stream
-    documents: int = 64  # the stream is cut into this many documents (the split unit)
+    vocab: int = doc_field(32, "tokens of the chain")
+    concentration: float = doc_field(0.3, "Dirichlet concentration of the transition rows (small: low entropy)")
+    seed: int = doc_field(1234, "seeds the chain and the stream")
+    train_tokens: int = doc_field(2_000_000, "length of the generated stream, tokens")
+    documents: int = doc_field(64, "the stream is cut into this many documents (the split unit)")
 
     def __post_init__(self) -> None:
         if not 2 <= self.vocab <= 65536:
@@ -131,40 +100,52 @@ class SyntheticSpec:
             raise ValueError("synthetic.documents must be at least 4 (train/validation split)")
 
 
+class Source(Closed):
+    """A data source (``data.source``) and the data units it gives."""
+
+    def __new__(cls, value: str, units: tuple[DataUnit, ...], meaning: str) -> "Source":
+        member = str.__new__(cls, value)
+        member._value_, member.meaning, member.units = value, meaning, units
+        return member
+
+    STDLIB = "stdlib", (DataUnit.TOKENS,), "the running Python's standard library .py files (no download)"
+    SYNTHETIC = "synthetic", (DataUnit.TOKENS,), "a seeded Markov chain whose entropy rate is known (`synthetic`)"
+    FILES = "files", (DataUnit.TOKENS,), "local .txt (a document each), .jsonl or .parquet (a row each) in `paths`"
+    DIGITS = "digits", (DataUnit.SAMPLES,), "scikit-learn's bundled 8x8 handwritten digits (1,797 images)"
+    PROCEDURAL = "procedural", (DataUnit.SAMPLES,), "seeded shapes and textures at any image_size, unlimited"
+    IMAGES = "images", (DataUnit.SAMPLES,), "local image folders or files, or .parquet/.arrow with an image column"
+    HUB = "hub", (DataUnit.TOKENS, DataUnit.SAMPLES), "a Hugging Face dataset, streamed (needs network)"
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataSpec:
-    """Where data come from. Tokens (``experiments.data``): ``stdlib`` (the default: the
-    Python standard library's own ``.py`` files, on every machine), ``synthetic``, ``files``
-    (text, JSONL or Parquet paths). Images (``experiments.image_data``): ``digits``
-    (scikit-learn's 8×8 digits), ``procedural`` (seeded shapes and textures, unlimited),
-    ``images`` (image folders or files, Parquet or Arrow with an image column). Both: ``hub``
-    (a Hugging Face dataset name, streamed; needs network)."""
+    """Where data come from (``Source``): token data are read by ``experiments.data``, images
+    by ``experiments.image_data``."""
 
-    source: Literal["stdlib", "synthetic", "files", "hub", "digits", "procedural", "images"] = "stdlib"
-    paths: tuple[str, ...] = ()
-    name: str | None = None  # hub dataset name
-    config: str | None = None  # hub dataset config
-    split: str = "train"
-    text_field: str = "text"
-    tokenizer: str = "byte"  # "byte" or "hf:<name or local path>"
-    validation_fraction: float = 0.05  # of documents, held out (seeded)
-    max_bytes: int = 16_000_000  # cap on text read from stdlib/files (bytes)
-    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
-    # images
-    image_field: str = "image"  # the image column of Parquet/Arrow/hub data
-    image_size: int = 8  # pixels per side (every image must have it, unless resize)
-    channels: Literal[1, 3] = 1  # 1: greyscale, 3: RGB
-    resize: bool = False  # rescale images of another size (bilinear) instead of refusing them
-    procedural_seed: int = 0
+    source: Source = doc_field(Source.STDLIB, "; ".join(f"{s.value}: {s.meaning}" for s in Source))
+    paths: tuple[str, ...] = doc_field((), "files or images: paths, absolute or relative to the spec file")
+    name: str | None = doc_field(None, "hub: the dataset's name")
+    config: str | None = doc_field(None, "hub: the dataset's config")
+    split: str = doc_field("train", "hub: the split to stream")
+    text_field: str = doc_field("text", "jsonl, parquet, hub: the column holding the text")
+    tokenizer: str = doc_field("byte", "byte (vocabulary 256) or hf:<name or local dir> (needs transformers)")
+    validation_fraction: float = doc_field(0.05, "documents (or images) held out, by a seeded hash of their index")
+    max_bytes: int = doc_field(16_000_000, "cap on text read from stdlib or files, bytes")
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec, metadata={"doc": "source synthetic: the chain"})
+    image_field: str = doc_field("image", "parquet, arrow, hub: the image column")
+    image_size: int = doc_field(8, "images: pixels per side; every image must have it unless resize")
+    channels: Literal[1, 3] = doc_field(1, "images: 1 (greyscale) or 3 (RGB)")
+    resize: bool = doc_field(False, "images: rescale images of another size (bilinear) instead of refusing them")
+    procedural_seed: int = doc_field(0, "procedural: the generator's seed")
 
     def __post_init__(self) -> None:
-        if self.source in ("files", "images") and not self.paths:
-            raise ValueError(f"source {self.source!r} needs paths: a list of " + (
-                ".txt, .jsonl or .parquet files" if self.source == "files" else
+        if self.source in (Source.FILES, Source.IMAGES) and not self.paths:
+            raise ValueError(f"source {self.source.value!r} needs paths: a list of " + (
+                ".txt, .jsonl or .parquet files" if self.source == Source.FILES else
                 "image folders, image files, .parquet or .arrow files"))
         if self.image_size < 2:
             raise ValueError(f"image_size must be at least 2, got {self.image_size}")
-        if self.source == "hub" and not self.name:
+        if self.source == Source.HUB and not self.name:
             raise ValueError("source 'hub' needs name: a Hugging Face dataset name")
         if not 0 < self.validation_fraction < 0.5:
             raise ValueError("validation_fraction must be in (0, 0.5)")
@@ -178,8 +159,8 @@ class LRSearchSpec:
     on ``budget`` data units (default: the smallest data budget of the grid) with the sweep's
     schedule; each size's runs then use the LR with the lowest held-out loss."""
 
-    search: tuple[float, ...]
-    budget: float | None = None
+    search: tuple[float, ...] = doc_field(doc="candidate peak LRs (at least 2, distinct)")
+    budget: float | None = doc_field(None, "data units per candidate run (default: the smallest budget)")
 
     def __post_init__(self) -> None:
         if len(self.search) < 2 or any(v <= 0 for v in self.search) or len(set(self.search)) != len(self.search):
@@ -190,23 +171,21 @@ class LRSearchSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingSpec:
-    optimizer: Literal["adamw"] = "adamw"
-    lr: float | LRSearchSpec = 3e-3  # peak learning rate, or {search: [...]} (one per size)
-    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
-    warmup_fraction: float = 0.05  # cosine: of each trial's steps; wsd: of the size's smallest budget
-    # cosine: each trial decays over its own budget. wsd (warmup-stable-decay): one constant-LR
-    # trunk per size, and a cooldown branch per budget from the trunk's checkpoint at
-    # (1 - cooldown_fraction) of that budget (README, "WSD ladders").
-    schedule: Literal["cosine", "wsd"] = "cosine"
-    cooldown_fraction: float = 0.2  # wsd: the share of each budget spent decaying
-    cooldown_shape: Literal["linear", "1-sqrt"] = "1-sqrt"  # wsd: how the LR falls to lr * min_lr_ratio
-    batch_size: int = 16  # sequences per optimizer step, across all workers
-    seq_len: int = 128  # tokens per sequence (the model's context)
-    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    seed: int = 0
+    optimizer: Literal["adamw"] = doc_field("adamw", "torch.optim.AdamW (no JIT-built fused Adam)")
+    lr: float | LRSearchSpec = doc_field(3e-3, "peak learning rate, or {search: [...], budget: ...} per size")
+    min_lr_ratio: float = doc_field(0.1, "the schedule ends at lr * min_lr_ratio")
+    warmup_fraction: float = doc_field(0.05, "linear warmup: cosine, of each trial's steps; wsd, of the size's "
+                                       "smallest budget")
+    schedule: Schedule = doc_field(Schedule.COSINE, "; ".join(f"{s.value}: {s.meaning}" for s in Schedule))
+    cooldown_fraction: float = doc_field(0.2, "wsd: the share of each budget spent decaying")
+    cooldown_shape: Literal["linear", "1-sqrt"] = doc_field("1-sqrt", "wsd: how the LR falls to lr * min_lr_ratio")
+    batch_size: int = doc_field(16, "sequences or images per optimizer step, across all workers")
+    seq_len: int = doc_field(128, "tokens per sequence (the model's context); unused for images")
+    grad_clip: float = doc_field(1.0, "max global gradient norm; 0 turns clipping off")
+    weight_decay: float = doc_field(0.1, "on matrices and embeddings, not on biases and norms")
+    beta1: float = doc_field(0.9, "AdamW beta1")
+    beta2: float = doc_field(0.95, "AdamW beta2")
+    seed: int = doc_field(0, "initial weights and data order")
 
     def __post_init__(self) -> None:
         if isinstance(self.lr, (int, float)) and self.lr <= 0:
@@ -225,23 +204,21 @@ class TrainingSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class DeepSpeedSpec:
-    zero_stage: Literal[0, 1, 2, 3] = 0
-    # Sizes with more parameters than this (all of them, embeddings included) train under
-    # ZeRO-3, unless the size sets its own zero_stage; null: no rule.
-    zero3_above_params: float | None = None
-    # auto: bf16 on GPUs that support it, fp32 elsewhere (resolved on the worker; the
-    # trials table records what ran).
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    zero_stage: Literal[0, 1, 2, 3] = doc_field(0, "ZeRO stage 0-3")
+    zero3_above_params: float | None = doc_field(
+        None, "sizes with more parameters than this (all of them) train under ZeRO-3, unless the size sets its own")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = doc_field(
+        "fp32", "auto: bf16 on GPUs that support it, else fp32 (resolved on the worker); fp16 needs a GPU")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ResourceSpec:
     """Per trial: ``workers`` Ray Train workers, each with these CPUs and GPUs."""
 
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_concurrent: int = 0  # trials at once; 0 lets the cluster's free resources decide
+    workers: int = doc_field(1, "Ray Train workers per trial (> 1: a TorchTrainer)")
+    cpus_per_worker: float = doc_field(1.0, "CPUs each worker holds")
+    gpus_per_worker: float = doc_field(0.0, "GPUs each worker holds")
+    max_concurrent: int = doc_field(0, "trials at once; 0: as the cluster's resources allow")
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -252,16 +229,20 @@ class ResourceSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalSpec:
-    validation_tokens: int = 32_768  # held-out tokens scored at every evaluation point (LMs)
-    validation_samples: int = 512  # held-out images scored at every evaluation point
-    points: int = 6  # log-spaced evaluation points per trial (the last is the end)
-    sample_grid: int = 16  # images per sample grid saved at the end of a trial (0: none)
+    validation_tokens: int = doc_field(32_768, "held-out tokens scored at every evaluation point (language models)")
+    validation_samples: int = doc_field(512, "held-out images scored at every evaluation point")
+    points: int = doc_field(6, "log-spaced evaluation points per trial, the last at the end")
+    sample_grid: int = doc_field(16, "images per sample grid saved when an image trial completes (0: none)")
 
     def __post_init__(self) -> None:
         if self.validation_tokens < 1 or self.validation_samples < 1 or self.points < 1:
             raise ValueError("validation_tokens, validation_samples and points must be at least 1")
         if self.sample_grid < 0:
             raise ValueError("sample_grid must be 0 (none) or a number of images")
+
+    def validation(self, unit: DataUnit) -> int:
+        """Held-out data units scored at every evaluation point."""
+        return self.validation_tokens if unit == DataUnit.TOKENS else self.validation_samples
 
 
 ProbeTask = Literal["addition", "modular", "recall", "walk"]  # experiments.probes makes each
@@ -273,14 +254,14 @@ class ProbeSpec:
     the training stream at ``mix_rate`` (a fraction of training sequences) and scored on
     ``eval_items`` held-out items per task at every evaluation point."""
 
-    tasks: tuple[ProbeTask, ...] = ()
-    mix_rate: float = 0.0
-    eval_items: int = 256
-    digits: int = 2  # addition: operands of up to this many digits
-    modulus: int = 97  # modular: (a + b) mod this
-    pairs: int = 4  # recall: key-value pairs in context
-    steps: int = 16  # walk: symbols in the answer
-    seed: int = 0
+    tasks: tuple[ProbeTask, ...] = doc_field((), "any of " + ", ".join(get_args(ProbeTask)))
+    mix_rate: float = doc_field(0.0, "share of training sequences replaced by probe items")
+    eval_items: int = doc_field(256, "held-out items per task, scored at every evaluation point")
+    digits: int = doc_field(2, "addition: operands of up to this many digits (1..9)")
+    modulus: int = doc_field(97, "modular: (a + b) mod this")
+    pairs: int = doc_field(4, "recall: key-value pairs in context (1..26)")
+    steps: int = doc_field(16, "walk: symbols in the answer (1..48)")
+    seed: int = doc_field(0, "items and walk's permutation")
 
     def __post_init__(self) -> None:
         if not 0 <= self.mix_rate < 1:
@@ -296,18 +277,18 @@ class ProbeSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class SweepSpec:
-    name: str
-    family: str = "transformer"
-    model: ModelSpec
-    budgets: BudgetSpec
-    data: DataSpec = field(default_factory=DataSpec)
-    training: TrainingSpec = field(default_factory=TrainingSpec)
-    deepspeed: DeepSpeedSpec = field(default_factory=DeepSpeedSpec)
-    resources: ResourceSpec = field(default_factory=ResourceSpec)
-    evaluation: EvalSpec = field(default_factory=EvalSpec)
-    probes: ProbeSpec = field(default_factory=ProbeSpec)
-    storage: str | None = None  # default: results/<name>; local path or pyarrow/Ray URI
-    max_failures: int = 0  # Ray Tune retries of a failed trial
+    name: str = doc_field(doc="letters, digits, - _ . (names the results folder)")
+    family: str = doc_field("transformer", "the model family (docs/families.md)")
+    model: ModelSpec = doc_field(doc="sizes and the family's options")
+    budgets: BudgetSpec = doc_field(doc="data or compute budgets")
+    data: DataSpec = field(default_factory=DataSpec, metadata={"doc": "where data come from"})
+    training: TrainingSpec = field(default_factory=TrainingSpec, metadata={"doc": "optimizer, schedule, batches"})
+    deepspeed: DeepSpeedSpec = field(default_factory=DeepSpeedSpec, metadata={"doc": "ZeRO stage and precision"})
+    resources: ResourceSpec = field(default_factory=ResourceSpec, metadata={"doc": "Ray resources per trial"})
+    evaluation: EvalSpec = field(default_factory=EvalSpec, metadata={"doc": "held-out data and evaluation points"})
+    probes: ProbeSpec = field(default_factory=ProbeSpec, metadata={"doc": "capability probes (language models)"})
+    storage: str | None = doc_field(None, "default results/<name>; a local path or a URI Ray and pyarrow accept")
+    max_failures: int = doc_field(0, "Ray Tune retries of a failed trial")
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -315,32 +296,71 @@ class SweepSpec:
                 f"name must be non-empty letters, digits, '-', '_' or '.', got {self.name!r}"
             )
 
+    @property
+    def model_family(self) -> ModelFamily:
+        return get_family(self.family)
+
 
 def load_spec(path: str | Path) -> tuple[SweepSpec, Located]:
     """Parse and validate a sweep spec file. Raises UserError naming the file, line and field."""
     data, located = load_yaml(path)
-    spec = build(SweepSpec, data, (), located)
-    _check_paths(spec, located)
-    return spec, located
+    if not isinstance(data, dict):
+        raise located.error((), f"expected a mapping of SweepSpec fields, got {type(data).__name__}")
+    family = _family(data, located)
+    if "model" not in data:
+        raise located.error(("model",), "is required")
+    model = build_model(family, data["model"], located)
+    spec = build(SweepSpec, {k: v for k, v in data.items() if k != "model"}, (), located, built={"model": model})
+    return _resolve_paths(spec, located), located
 
 
-def _check_paths(spec: SweepSpec, located: Located) -> None:
-    if spec.data.source not in ("files", "images"):
-        return
-    base = Path(located.source).parent
-    found = Path.exists if spec.data.source == "images" else Path.is_file  # images: folders too
-    for i, p in enumerate(spec.data.paths):
-        if not (found(Path(p)) or found(base / p)):
-            raise located.error(("data", "paths", i), f"file not found: {p}")
+def _family(data: dict, located: Located) -> ModelFamily:
+    default = next(f.default for f in dataclasses.fields(SweepSpec) if f.name == "family")
+    name = data.get("family", default)
+    try:
+        return get_family(name) if isinstance(name, str) else get_family("")
+    except KeyError:
+        raise located.error(("family",), f"unknown model family {name!r}; expected one of {family_names()}") from None
 
 
-def resolve_data_paths(spec: SweepSpec, spec_path: str | Path) -> SweepSpec:
-    """Make relative data paths absolute (relative to the spec file when they exist there)."""
-    if spec.data.source not in ("files", "images"):
+def build_model(family: ModelFamily, data: Any, located: Located) -> ModelSpec:
+    """The ``model`` block, parsed by the family's own dataclasses."""
+    path = ("model",)
+    if not isinstance(data, dict):
+        raise located.error(path, f"expected a mapping with sizes and the family's options, got {type(data).__name__}")
+    if "sizes" not in data:
+        raise located.error(path + ("sizes",), "is required")
+    options = build(family.options_type, {k: v for k, v in data.items() if k != "sizes"}, path, located,
+                    extra_keys=("sizes",))
+    sizes = data["sizes"] if isinstance(data["sizes"], list) else [data["sizes"]]
+    built = tuple(_size(family, entry, path + ("sizes", i), located) for i, entry in enumerate(sizes))
+    try:
+        return ModelSpec(sizes=built, options=options)
+    except ValueError as exc:
+        raise located.error(path + ("sizes",), str(exc)) from None
+
+
+def _size(family: ModelFamily, data: Any, path: tuple, located: Located) -> SizeSpec:
+    if not isinstance(data, dict):
+        raise located.error(path, f"expected a mapping: params, or the shape fields of family {family.name!r}")
+    common = {k: v for k, v in data.items() if k in SIZE_KEYS}
+    fields = {k: v for k, v in data.items() if k not in SIZE_KEYS}
+    if "params" in common and fields:
+        raise located.error(path, f"give either params or the shape fields, not both (got params and {sorted(fields)})")
+    shape = None if "params" in common else build(family.size_type, fields, path, located, extra_keys=SIZE_KEYS)
+    return build(SizeSpec, common, path, located, built={"shape": shape})
+
+
+def _resolve_paths(spec: SweepSpec, located: Located) -> SweepSpec:
+    """Data paths made absolute: relative ones are relative to the spec file where they exist
+    there, else to the working directory; a path that exists in neither is an error."""
+    if spec.data.source not in (Source.FILES, Source.IMAGES):
         return spec
-    base = Path(spec_path).resolve().parent
-    paths = tuple(
-        str(Path(p).resolve()) if Path(p).exists() else str((base / p).resolve())
-        for p in spec.data.paths
-    )
-    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, paths=paths))
+    base = Path(located.source).resolve().parent
+    paths = []
+    for i, p in enumerate(spec.data.paths):
+        found = [c for c in (base / p, Path(p)) if c.exists()]
+        if not found:
+            raise located.error(("data", "paths", i), f"file not found: {p}")
+        paths.append(str(found[0].resolve()))
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, paths=tuple(paths)))

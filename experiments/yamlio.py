@@ -2,13 +2,16 @@
 
 ``load_yaml`` parses with PyYAML's safe loader and remembers the line of every key;
 ``build`` turns plain data into a dataclass by its type hints. Supported field types: int,
-float, str, bool, Literal, Optional, nested dataclasses and tuples of any of these. Numbers
-written as ``1e5`` (a string to YAML 1.1) are accepted wherever a number is expected.
+float, str, bool, Literal, Enum (by value), Optional, unions, nested dataclasses and tuples
+of any of these. Numbers written as ``1e5`` (a string to YAML 1.1) are accepted wherever a
+number is expected. ``to_plain`` and ``from_plain`` are the same conversion for JSON (a
+TrialConfig in ``plan.json`` and in the trials table's ``config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import types
 import typing
@@ -17,7 +20,16 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from experiments.errors import UserError
+from analysis.errors import UserError
+
+
+class FieldError(ValueError):
+    """A problem with one field of a spec found outside the loader (the planner's data
+    checks); ``path`` is the field's path, which the caller turns into FILE:LINE."""
+
+    def __init__(self, path: tuple, message: str) -> None:
+        super().__init__(f"{'.'.join(map(str, path))}: {message}")
+        self.path, self.message = path, message
 
 
 class Located:
@@ -68,21 +80,27 @@ def _to_python(node: yaml.Node, path: tuple, located: Located) -> Any:
     return yaml.SafeLoader(" ").construct_object(node)
 
 
-def build(cls: type, data: Any, path: tuple, located: Located) -> Any:
-    """Build dataclass ``cls`` from ``data``; every error names the field and its line."""
+def build(cls: type, data: Any, path: tuple, located: Located, *, extra_keys: tuple[str, ...] = (),
+          built: dict[str, Any] | None = None) -> Any:
+    """Build dataclass ``cls`` from ``data``; every error names the field and its line.
+    ``built`` holds fields already built by the caller (they are not converted); an unknown
+    key lists ``extra_keys`` among the expected ones (keys the caller takes out first)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise located.error(path, f"expected a mapping of {cls.__name__} fields, got {_kind(data)}")
+    built = built or {}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise located.error(
-            path + (unknown[0],), f"unknown field; expected one of {sorted(fields)}"
+            path + (unknown[0],), f"unknown field; expected one of {sorted(set(fields) | set(extra_keys))}"
         )
-    kwargs = {}
+    kwargs = dict(built)
     for name, field in fields.items():
+        if name in built:
+            continue
         if name in data:
             kwargs[name] = convert(hints[name], data[name], path + (name,), located)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
@@ -113,6 +131,11 @@ def convert(tp: Any, value: Any, path: tuple, located: Located) -> Any:
         if value not in allowed:
             raise located.error(path, f"expected one of {list(allowed)}, got {value!r}")
         return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise located.error(path, f"expected one of {[m.value for m in tp]}, got {value!r}") from None
     if origin is tuple:
         item_type = typing.get_args(tp)[0]
         if not isinstance(value, list):
@@ -129,6 +152,8 @@ def convert(tp: Any, value: Any, path: tuple, located: Located) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise located.error(path, f"expected a string, got {_kind(value)}")
+        return value
+    if tp is Any:
         return value
     raise TypeError(f"yamlio cannot convert to {tp!r}")  # a bug in a spec dataclass
 
@@ -153,3 +178,21 @@ def _kind(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return f"a {'mapping' if isinstance(value, dict) else 'list'}"
     return f"{type(value).__name__} {value!r}"
+
+
+def to_plain(value: Any) -> Any:
+    """A dataclass (or tuple, Enum, …) as JSON-able plain data: the inverse of ``from_plain``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
+
+def from_plain(cls: type, data: dict, source: str = "JSON", **built: Any) -> Any:
+    """Dataclass ``cls`` from ``to_plain``'s output (``built``: fields the caller converts)."""
+    return build(cls, data, (), Located(source), built=built)

@@ -1,5 +1,6 @@
-"""Model families behind one protocol (see ``models.family``). Imports torch only."""
+"""Model families behind one protocol (see ``models.family``). Imports torch (and the results
+contract, ``analysis.records``) only."""
 
-from models.family import ModelFamily, ParamCount, family_names, get_family, register
+from models.family import DataShape, ModelFamily, ParamCount, family_module, family_names, get_family, register
 
-__all__ = ["ModelFamily", "ParamCount", "family_names", "get_family", "register"]
+__all__ = ["DataShape", "ModelFamily", "ParamCount", "family_module", "family_names", "get_family", "register"]

@@ -31,21 +31,50 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.family import ParamCount, register
-from models.images import (count_params, discretized_gaussian_log_likelihood, measured_flops_per_sample,
-                           meta_model, param_dtype, png_grid, random_images, to_signed, unwrap)
-from models.transformer import Block
+from analysis.records import DataUnit, Metric
+from models.blocks import Block
+from models.family import DataShape, ModelFamily, ParamCount, doc_field, register
+from models.images import (
+    count_params,
+    discretized_gaussian_log_likelihood,
+    meta_model,
+    param_dtype,
+    png_grid,
+    random_images,
+    to_signed,
+    unwrap,
+)
 
 EVAL_TIMESTEPS = 16  # timesteps in the held-out grid
 EVAL_SEED = 20240601  # the held-out noise
 DDIM_STEPS = 50
+Backbone = Literal["dit", "unet"]
+NoiseScheduleKind = Literal["linear", "cosine"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionSize:
+    """One size in the spec (``patch`` and ``n_heads``: the DiT only)."""
+
+    d_model: int = doc_field(doc="DiT width, or the U-Net's base channels")
+    n_layers: int = doc_field(doc="DiT blocks, or U-Net residual blocks per resolution")
+    n_heads: int = doc_field(1, "DiT attention heads")
+    patch: int = doc_field(2, "DiT patch side, pixels")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionOptions:
+    backbone: Backbone = doc_field("dit", "denoiser: a DiT over patches, or a small U-Net")
+    noise_schedule: NoiseScheduleKind = doc_field("cosine", "DDPM noise schedule (Ho et al.; Nichol & Dhariwal)")
+    aspect_ratio: int = doc_field(32, "d_model / n_layers, for DiT sizes given as params")
+    head_dim: int = doc_field(16, "d_model / n_heads, for DiT sizes given as params")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,20 +87,19 @@ class DiffusionShape:
     n_layers: int
     n_heads: int = 1
     patch: int = 2
-    backbone: str = "dit"
+    backbone: Backbone = "dit"
     image_size: int = 8
     channels: int = 1
-    schedule: str = "cosine"
+    noise_schedule: NoiseScheduleKind = "cosine"
     timesteps: int = 1000
 
     def __post_init__(self) -> None:
         for field in ("d_model", "n_layers", "n_heads", "patch", "image_size", "channels", "timesteps"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)}")
-        if self.backbone not in ("dit", "unet"):
-            raise ValueError(f"backbone must be 'dit' or 'unet', got {self.backbone!r}")
-        if self.schedule not in ("linear", "cosine"):
-            raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        for name, kind in (("backbone", Backbone), ("noise_schedule", NoiseScheduleKind)):
+            if getattr(self, name) not in get_args(kind):
+                raise ValueError(f"{name} must be one of {list(get_args(kind))}, got {getattr(self, name)!r}")
         if self.backbone == "dit":
             if self.d_model % self.n_heads:
                 raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
@@ -82,17 +110,11 @@ class DiffusionShape:
         elif self.image_size % 2:
             raise ValueError(f"the U-Net halves the image once: image_size ({self.image_size}) must be even")
 
-    @property
-    def tag(self) -> str:
-        if self.backbone == "unet":
-            return f"unet-w{self.d_model}-l{self.n_layers}"
-        return f"dit-d{self.d_model}-l{self.n_layers}-h{self.n_heads}-p{self.patch}"
-
 
 # --- noise schedule ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Schedule:
+class NoiseSchedule:
     """Per-timestep constants, index t−1 for t = 1…T (float64 numpy)."""
 
     betas: np.ndarray
@@ -116,16 +138,16 @@ class Schedule:
 
 
 @lru_cache(maxsize=8)
-def make_schedule(kind: str, timesteps: int) -> Schedule:
+def make_schedule(kind: str, timesteps: int) -> NoiseSchedule:
     if kind == "linear":  # Ho et al.'s 1e-4…0.02 at T = 1000, rescaled for other T
         scale = 1000 / timesteps
-        return Schedule(np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64))
+        return NoiseSchedule(np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64))
     if kind == "cosine":  # Nichol & Dhariwal 2021, s = 0.008, β clipped at 0.999
         s = 0.008
         steps = np.arange(timesteps + 1, dtype=np.float64) / timesteps
         f = np.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-        return Schedule(np.clip(1 - f[1:] / f[:-1], 0, 0.999))
-    raise ValueError(f"unknown noise schedule {kind!r}; expected 'linear' or 'cosine'")
+        return NoiseSchedule(np.clip(1 - f[1:] / f[:-1], 0, 0.999))
+    raise ValueError(f"unknown noise schedule {kind!r}; expected one of {list(get_args(NoiseScheduleKind))}")
 
 
 def _at(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -268,14 +290,16 @@ def _predict(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor
 
 
 @register("diffusion")
-class DiffusionFamily:
+class DiffusionFamily(ModelFamily):
     """DDPM image models; data unit: samples (images); ``loss`` is the ε-MSE per dimension."""
 
-    name = "diffusion"
     tag = "ddpm"
-    data_unit = "samples"
+    data_unit = DataUnit.SAMPLES
     loss_unit = "ε-MSE/dim"
-    shape_type = DiffusionShape
+    metrics = (Metric("loss", "ε-MSE/dim", f"ε-prediction error per dimension over a fixed grid of {EVAL_TIMESTEPS} timesteps"),
+               Metric("bits_per_dim", "bits/dim", "variational bound L_T + L_0 + Σ L_{t-1} of the 8-bit image"),
+               Metric("vb_nats_per_dim", "nats/dim", "the same bound in nats"))
+    size_type, options_type, shape_type = DiffusionSize, DiffusionOptions, DiffusionShape
 
     def build(self, shape: DiffusionShape) -> nn.Module:
         return UNet(shape) if shape.backbone == "unet" else DiT(shape)
@@ -291,7 +315,7 @@ class DiffusionFamily:
 
     @staticmethod
     def noised(shape: DiffusionShape, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        ab = _at(make_schedule(shape.schedule, shape.timesteps).alphas_bar, t, x0)
+        ab = _at(make_schedule(shape.noise_schedule, shape.timesteps).alphas_bar, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     @staticmethod
@@ -303,7 +327,7 @@ class DiffusionFamily:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
         shape = unwrap(model).shape
-        sched = make_schedule(shape.schedule, shape.timesteps)
+        sched = make_schedule(shape.noise_schedule, shape.timesteps)
         grid = self.eval_grid(shape.timesteps)
         mse_sum = vb_sum = 0.0
         images = dims = 0
@@ -349,27 +373,25 @@ class DiffusionFamily:
         excluded = ("t_embed.", "patch_embed.")
         return ParamCount(scaling=count_params(model, excluded), total=count_params(model))
 
-    def flops_per_unit(self, shape: DiffusionShape) -> float:
-        return measured_flops_per_sample(self, shape)
-
     def example_batch(self, shape: DiffusionShape, batch_size: int) -> torch.Tensor:
         return random_images(shape, batch_size)
 
     def tiny(self) -> DiffusionShape:
         return DiffusionShape(d_model=32, n_layers=2, n_heads=2, patch=2, image_size=8, channels=1)
 
-    def shape_from_params(self, target: int, *, aspect_ratio: int = 32, head_dim: int = 16,
-                          image_size: int = 8, channels: int = 1, **options) -> DiffusionShape:
+    def shape_from_params(self, target: int, options: DiffusionOptions, data: DataShape) -> DiffusionShape:
         """DiT with N ≈ ``target`` by the language model's rule (N ≈ 12·L·d² plus adaLN's
         6·L·d², so N ≈ 18·L·d²; d ≈ aspect_ratio·L, a multiple of ``head_dim``); patch 2."""
         if target < 1:
             raise ValueError(f"target parameter count must be positive, got {target}")
-        if options.get("backbone", "dit") != "dit":
+        if options.backbone != "dit":
             raise ValueError("sizes given as params follow the DiT rule; give the U-Net's d_model and n_layers")
-        n_layers = max(1, round((target / (18 * aspect_ratio**2)) ** (1 / 3)))
+        r, head_dim = options.aspect_ratio, options.head_dim
+        n_layers = max(1, round((target / (18 * r**2)) ** (1 / 3)))
         d_model = max(head_dim, head_dim * round(math.sqrt(target / (18 * n_layers)) / head_dim))
         return DiffusionShape(d_model=d_model, n_layers=n_layers, n_heads=max(1, d_model // head_dim),
-                              image_size=image_size, channels=channels, **options)
+                              image_size=data.image_size, channels=data.channels,
+                              backbone=options.backbone, noise_schedule=options.noise_schedule)
 
     # --- sampling ---------------------------------------------------------------------------
 
@@ -378,7 +400,7 @@ class DiffusionFamily:
         """Ancestral sampling over all T steps, σ_t² = β̃_t (β₁ at the last step skipped: the
         mean is returned, as Ho et al. display samples). Returns [n, C, H, W] in [−1, 1]."""
         shape = unwrap(model).shape
-        sched = make_schedule(shape.schedule, shape.timesteps)
+        sched = make_schedule(shape.noise_schedule, shape.timesteps)
         device = next(unwrap(model).parameters()).device
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn((n, shape.channels, shape.image_size, shape.image_size), generator=gen).to(device)
@@ -395,7 +417,7 @@ class DiffusionFamily:
     def sample_ddim(self, model: nn.Module, n: int, steps: int = DDIM_STEPS, seed: int = 0) -> torch.Tensor:
         """Deterministic DDIM (η = 0, Song et al. 2021) over ``steps`` evenly spaced timesteps."""
         shape = unwrap(model).shape
-        sched = make_schedule(shape.schedule, shape.timesteps)
+        sched = make_schedule(shape.noise_schedule, shape.timesteps)
         device = next(unwrap(model).parameters()).device
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn((n, shape.channels, shape.image_size, shape.image_size), generator=gen).to(device)

@@ -1,25 +1,48 @@
 """The model-family protocol and its registry.
 
 A *family* is everything scalinglab needs to know about one kind of model to put it on a
-scaling curve: how to build a model of a given size, its training loss on a batch, held-out
+scaling curve: how to build a model of a given shape, its training loss on a batch, held-out
 metrics that are comparable across sizes (one primary ``loss``), how many parameters count
-towards the scaling N, and how many FLOPs one data unit (a token, an image) costs to train on.
+towards the scaling N, and how many FLOPs one data unit (a token, an image) costs.
 
-A family may also define ``artifacts(model, batches, n) -> {caption: PNG bytes}``: images
-made at the end of a completed trial (sample grids) that land in the results folder as
-``samples/<trial_id>/<caption>.png`` and in the report.
+A family owns its configuration, as frozen dataclasses the spec loader parses:
 
-Adding a family is one module implementing :class:`ModelFamily` plus ``@register("name")``;
-``tests/models/test_family_protocol.py`` then covers it automatically.
+- ``size_type``: the fields of one entry of the spec's ``model.sizes`` (e.g. ``d_model``,
+  ``n_layers``, ``n_heads``); the entry may also give ``params``, ``workers``, ``zero_stage``;
+- ``options_type``: the family's other fields of the spec's ``model`` block (e.g. the
+  diffusion ``noise_schedule``); every field has a default;
+- ``shape_type``: everything ``build`` needs: a size, the options that shape the model, and
+  what the data fix (:class:`DataShape`: context and vocabulary, or image size and channels).
+
+Required: the class attributes below without a default, and ``build``, ``loss``, ``evaluate``,
+``example_batch``, ``tiny``. Every other hook is declared here with its default, so the
+training loop and the planner call hooks and never probe for them.
+
+Adding a family is one module that subclasses :class:`ModelFamily` and decorates it with
+``@register("name")``, plus one line in :data:`BUILTIN` (name → module) when it ships with
+scalinglab. The registry is lazy: a transformer sweep never imports the GAN's metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterable, Protocol
 
 import torch
 from torch import nn
+
+from analysis.records import DataUnit, Metric, Status
+
+# name -> module that registers it; imported on first use
+BUILTIN = {
+    "transformer": "models.transformer",
+    "diffusion": "models.diffusion",
+    "vae": "models.vae",
+    "gan": "models.gan",
+}
+SIZE_KEYS = ("params", "workers", "zero_stage")  # keys of a sizes entry that are not the family's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,44 +57,151 @@ class ParamCount:
     total: int
 
 
-@runtime_checkable
-class ModelFamily(Protocol):
-    """What every model family implements. ``Shape`` is the family's frozen size dataclass."""
+@dataclass(frozen=True, kw_only=True)
+class DataShape:
+    """What the data fix about a model: tokens per sequence and vocabulary (token families),
+    or pixels per side and channels (image families). A shape type takes the ones it has."""
 
-    name: str
-    tag: str  # short prefix of trial ids, e.g. "tfm"
-    data_unit: str  # what D counts: "tokens" or "samples"
-    loss_unit: str  # the unit of ``evaluate(...)["loss"]``, e.g. "nats/token"
-    shape_type: type
+    context: int = 0
+    vocab: int = 0
+    image_size: int = 0
+    channels: int = 0
 
-    def build(self, shape: Any) -> nn.Module: ...
+
+@dataclass(frozen=True, kw_only=True)
+class NoOptions:
+    """A family without options of its own."""
+
+
+class Cache(Protocol):
+    """Bytes by key that outlive a trial (``experiments.cache.FileCache``)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What ``prepare`` may use: ``train_data(n)``, the first n training batches' worth of
+    data units as one tensor (the same for every budget), and a ``cache``."""
+
+    train_data: Callable[[int], torch.Tensor]
+    cache: Cache
+
+
+class ModelFamily:
+    """Base class of every family: subclass it, set the class attributes, implement the
+    required methods, override the hooks the family needs."""
+
+    name: ClassVar[str]  # set by @register
+    tag: ClassVar[str]  # short prefix of trial ids, e.g. "tfm"
+    data_unit: ClassVar[DataUnit]
+    loss_unit: ClassVar[str]  # unit of evaluate(...)["loss"], e.g. "nats/token"
+    metrics: ClassVar[tuple[Metric, ...]]  # every key evaluate() returns, "loss" first
+    size_type: ClassVar[type]
+    shape_type: ClassVar[type]
+    options_type: ClassVar[type] = NoOptions
+
+    supports_wsd: ClassVar[bool] = True  # a wsd branch continues the trial's one engine
+    supports_probes: ClassVar[bool] = False  # next_token_logits scores text (capability probes)
+    shared_evaluation: ClassVar[bool] = False  # every rank scores all held-out items (not a shard)
+
+    # --- required -----------------------------------------------------------------------------
+
+    def build(self, shape: Any) -> nn.Module:
+        raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        """Training loss on one batch (a scalar; for LMs nats per token)."""
-        ...
+        """Training loss on one batch: a scalar, in ``loss_unit``."""
+        raise NotImplementedError
 
     def evaluate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
-        """Held-out metrics, deterministic for given weights and batches. Must contain
-        ``loss`` (lower is better, comparable across sizes) in ``loss_unit``."""
-        ...
-
-    def num_params(self, shape: Any) -> ParamCount: ...
-
-    def flops_per_unit(self, shape: Any) -> float:
-        """Analytic training FLOPs (forward + backward) per data unit."""
-        ...
+        """Held-out metrics (the names of ``metrics``), deterministic for given weights and
+        batches; ``loss`` is lower-is-better and comparable across sizes."""
+        raise NotImplementedError
 
     def example_batch(self, shape: Any, batch_size: int) -> torch.Tensor:
-        """A random batch of the shape ``loss`` takes (for tests and FLOP counting)."""
-        ...
+        """A random batch of the kind ``loss`` takes (tests and FLOP counting)."""
+        raise NotImplementedError
 
     def tiny(self) -> Any:
         """A shape small enough for a forward/backward in well under a second on a CPU."""
-        ...
+        raise NotImplementedError
 
-    def shape_from_params(self, target: int, **rule: Any) -> Any:
+    # --- hooks, with their defaults -------------------------------------------------------------
+
+    def shape(self, size: Any, options: Any, data: DataShape) -> Any:
+        """The full shape of an explicit size: the size's fields, the options and data fields
+        that ``shape_type`` has (options that are rules, like an aspect ratio, are not)."""
+        fields = {f.name for f in dataclasses.fields(self.shape_type)}
+        given = {**_fields(data), **_fields(options), **_fields(size)}
+        return self.shape_type(**{k: v for k, v in given.items() if k in fields})
+
+    def shape_from_params(self, target: int, options: Any, data: DataShape) -> Any:
         """A shape whose scaling N is close to ``target``, by the family's documented rule."""
-        ...
+        raise ValueError(f"family {self.name!r} has no rule for sizes given as params; give its shape fields")
+
+    def num_params(self, shape: Any) -> ParamCount:
+        """Default: every parameter counts towards N (counted on the meta device)."""
+        with torch.device("meta"):
+            total = sum(p.numel() for p in self.build(shape).parameters())
+        return ParamCount(scaling=total, total=total)
+
+    def flops_per_unit(self, shape: Any) -> float:
+        """Training FLOPs (forward and backward) per data unit. Default: measured by
+        FlopCounterMode on a real step of ``example_batch`` (``models.flops``)."""
+        from models.flops import measured_flops_per_unit
+
+        return measured_flops_per_unit(self, shape)
+
+    def activation_bytes(self, shape: Any, micro_batch: int, half: bool) -> float | None:
+        """Activation memory of one worker's forward and backward on ``micro_batch`` items, in
+        16-bit (``half``) or fp32, for the dry run's memory estimate; None (the default): not
+        estimated."""
+        return None
+
+    def networks(self, model: nn.Module) -> dict[str, nn.Module] | None:
+        """Networks that get one optimizer and DeepSpeed engine each (a GAN's two), trained by
+        ``train_step``; None (the default): the whole model is one engine."""
+        return None
+
+    def train_step(self, engines: Any, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimizer step of a family with ``networks``; returns ``loss`` and the family's
+        other training losses (reported as ``train_<name>``). The default is the single-engine
+        step: loss, backward, step."""
+        loss = self.loss(engines, batch)
+        engines.backward(loss)
+        engines.step()
+        return {"loss": loss}
+
+    def prepare(self, model: nn.Module, preparation: Preparation) -> None:
+        """Data-set-level state the metrics need, made before training (a GAN's feature
+        network); nothing by default."""
+
+    def health(self, history: list[dict[str, float]]) -> tuple[Status, str]:
+        """(status, caveat) judged at every evaluation point from the held-out metrics so far
+        (each with its ``step``): ``diverged`` ends the trial, ``collapsed`` marks it at the end."""
+        return Status.COMPLETED, ""
+
+    def artifacts(self, model: nn.Module, batches: list[torch.Tensor], n: int) -> dict[str, bytes]:
+        """Images made when a trial completes ({caption: PNG bytes}), saved under
+        ``samples/<trial_id>/`` and shown by the report; none by default."""
+        return {}
+
+    def next_token_logits(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] for token ids [B, T] (``supports_probes`` families)."""
+        raise NotImplementedError(f"family {self.name!r} does not score text")
+
+
+def doc_field(default: Any = dataclasses.MISSING, doc: str = "") -> Any:
+    """A dataclass field with its documentation (``metadata["doc"]``), which the generated
+    spec reference (docs/spec.md) prints beside its name and default."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
 
 
 _REGISTRY: dict[str, ModelFamily] = {}
@@ -81,31 +211,37 @@ def register(name: str) -> Callable[[type], type]:
     """Class decorator: instantiate the family and register it under ``name``."""
 
     def wrap(cls: type) -> type:
-        if name in _REGISTRY:
+        if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
             raise ValueError(f"model family {name!r} is registered twice")
-        instance = cls()
-        instance.name = name
-        _REGISTRY[name] = instance
+        clash = [k for k in SIZE_KEYS if k in {f.name for f in dataclasses.fields(cls.size_type)}]
+        if clash:
+            raise ValueError(f"family {name!r}: size fields {clash} are the spec's own keys")
+        cls.name = name
+        _REGISTRY[name] = cls()
         return cls
 
     return wrap
 
 
-def get_family(name: str) -> ModelFamily:
-    """The registered family ``name``; KeyError lists the known names."""
-    _load_builtin_families()
+def get_family(name: str, module: str | None = None) -> ModelFamily:
+    """The family registered as ``name``, importing its module on first use: the built-in
+    one, or ``module`` (a family registered outside ``models``, recorded in every trial's
+    config so that Ray workers find it too). KeyError lists the known names."""
+    if name not in _REGISTRY:
+        path = BUILTIN.get(name) or module
+        if path:
+            importlib.import_module(path)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model family {name!r}; known: {sorted(_REGISTRY)}") from None
+        raise KeyError(f"unknown model family {name!r}; known: {family_names()}") from None
 
 
 def family_names() -> list[str]:
-    _load_builtin_families()
-    return sorted(_REGISTRY)
+    """The built-in families and any registered since."""
+    return sorted(set(BUILTIN) | set(_REGISTRY))
 
 
-def _load_builtin_families() -> None:
-    # Imported lazily so that `models.family` stays importable on its own; each import
-    # registers its family as a side effect.
-    from models import diffusion, gan, transformer, vae  # noqa: F401
+def family_module(name: str) -> str:
+    """The module that registers family ``name`` (what a worker imports to find it)."""
+    return BUILTIN.get(name) or type(get_family(name)).__module__

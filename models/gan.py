@@ -32,19 +32,52 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from models.family import ParamCount, register
-from models.images import (count_params, measured_flops_per_sample, meta_model, nearest_width, param_dtype, png_grid,
-                           random_images, to_signed, unwrap)
+from analysis.records import DataUnit, Metric, Status
+from models.family import DataShape, ModelFamily, ParamCount, Preparation, doc_field, register
+from models.gan_metrics import (
+    FEATURE_NET_IMAGES,
+    MIN_GENERATED,
+    distances,
+    feature_network,
+    fixed_latents,
+    health,
+    inception_fid,
+)
+from models.images import (
+    count_params,
+    meta_model,
+    nearest_width,
+    param_dtype,
+    png_grid,
+    random_images,
+    to_signed,
+    unwrap,
+)
 
-GAN_LOSSES = ("hinge", "ns")
+GANLoss = Literal["hinge", "ns"]
+GAN_LOSSES = get_args(GANLoss)
 EMA_DECAY = 0.99  # of the generator's weight average (half-life ~70 steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GANSize:
+    width: int = doc_field(doc="channels of both networks at full resolution (doubled at each halving)")
+    depth: int = doc_field(doc="3x3 convolutions per resolution, in both networks")
+    latent: int = doc_field(32, "dimensions of z")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GANOptions:
+    gan_loss: GANLoss = doc_field("hinge", "hinge, or ns (non-saturating, Goodfellow et al. 2014)")
+    inception_weights: str | None = doc_field(
+        None, "a local copy of pt_inception-2015-12-05-6726825d.pth: also report standard FID (needs torch-fidelity)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +87,8 @@ class GANShape:
     latent: int = 32
     image_size: int = 8
     channels: int = 1
-    gan_loss: str = "hinge"  # hinge, or ns (non-saturating, Goodfellow et al. 2014)
+    gan_loss: GANLoss = "hinge"
+    inception_weights: str | None = None  # standard FID's Inception weights (a local file), or none
 
     def __post_init__(self) -> None:
         for field in ("width", "depth", "latent", "image_size", "channels"):
@@ -68,10 +102,6 @@ class GANShape:
     @property
     def resamplings(self) -> int:
         return max(1, int(math.log2(self.image_size)) - 2)
-
-    @property
-    def tag(self) -> str:
-        return f"gan-w{self.width}-l{self.depth}-z{self.latent}"
 
 
 class Generator(nn.Module):
@@ -196,21 +226,33 @@ def _frozen(module: nn.Module, frozen: bool) -> None:
 
 
 @register("gan")
-class GANFamily:
+class GANFamily(ModelFamily):
     """DCGAN-style GANs; data unit: samples (images); ``loss`` is a Fréchet distance."""
 
-    name = "gan"
     tag = "gan"
-    data_unit = "samples"
+    data_unit = DataUnit.SAMPLES
     loss_unit = "FD (rotnet features)"
-    shape_type = GANShape
+    metrics = (
+        Metric("loss", "FD (rotnet features)", "fd_rotnet (the primary metric)"),
+        Metric("fd_rotnet", "FD (rotnet features)", "Fréchet distance of samples to held-out images in RotNet "
+               "features (not Inception FID)"),
+        Metric("kid_rotnet", "KID", "kernel distance in the same features"),
+        Metric("kid_rotnet_std", "KID", "its spread over KID's subsets"),
+        Metric("diversity", "ratio", "mean pairwise feature distance of samples over that of held-out images "
+               "(→ 0 under mode collapse)"),
+        Metric("d_loss", "loss", "the discriminator's loss on held-out images and fixed-latent samples"),
+        Metric("g_loss", "loss", "the generator's loss on the fixed-latent samples"),
+        Metric("d_accuracy", "fraction", "the discriminator's accuracy on both"),
+        Metric("fid_inception", "FID", "standard Inception FID (only with model.inception_weights)"),
+    )
+    size_type, options_type, shape_type = GANSize, GANOptions, GANShape
+    supports_wsd = False  # a wsd branch continues one engine; a GAN trains two
     shared_evaluation = True  # every rank scores all held-out images against the same samples
 
     def build(self, shape: GANShape) -> nn.Module:
         return GAN(shape)
 
-    @staticmethod
-    def networks(model: GAN) -> dict[str, nn.Module]:
+    def networks(self, model: GAN) -> dict[str, nn.Module]:
         """The networks the train loop gives one optimizer and one DeepSpeed engine each."""
         return {"generator": model.generator, "discriminator": model.discriminator}
 
@@ -262,35 +304,26 @@ class GANFamily:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
-        from models.gan_metrics import evaluate_gan
-
         gan = unwrap(model)
         was_training = gan.training
         gan.eval()  # a training-mode forward would advance spectral norm's power iteration
         try:
-            return evaluate_gan(gan, list(batches))
+            return _held_out_metrics(gan, list(batches))
         finally:
             gan.train(was_training)
 
-    def prepare(self, model: nn.Module, train_images: torch.Tensor) -> None:
+    def prepare(self, model: nn.Module, preparation: Preparation) -> None:
         """Attach the feature network for the metrics: trained once per data set on (up to
         ``gan_metrics.FEATURE_NET_IMAGES``) training images and cached by their content hash."""
-        from models.gan_metrics import feature_network
+        images = preparation.train_data(FEATURE_NET_IMAGES)
+        unwrap(model).context["features"] = feature_network(images, preparation.cache)
 
-        unwrap(model).context["features"] = feature_network(train_images)
-
-    @staticmethod
-    def health(history: list[dict]) -> tuple[str, str]:
-        from models.gan_metrics import health
-
+    def health(self, history: list[dict[str, float]]) -> tuple[Status, str]:
         return health(history)
 
     def num_params(self, shape: GANShape) -> ParamCount:
         model = meta_model(self, shape)
         return ParamCount(scaling=count_params(model.generator), total=count_params(model))
-
-    def flops_per_unit(self, shape: GANShape) -> float:
-        return measured_flops_per_sample(self, shape)
 
     def example_batch(self, shape: GANShape, batch_size: int) -> torch.Tensor:
         return random_images(shape, batch_size)
@@ -298,20 +331,17 @@ class GANFamily:
     def tiny(self) -> GANShape:
         return GANShape(width=8, depth=1, latent=8)
 
-    def shape_from_params(self, target: int, *, aspect_ratio: int = 32, head_dim: int = 16,
-                          image_size: int = 8, channels: int = 1, **options) -> GANShape:
+    def shape_from_params(self, target: int, options: GANOptions, data: DataShape) -> GANShape:
         """Depth 1, latent 32, and the width (a multiple of 4) whose generator N is nearest ``target``."""
 
         def shape(w: int) -> GANShape:
-            return GANShape(width=w, depth=1, image_size=image_size, channels=channels, **options)
+            return self.shape(GANSize(width=w, depth=1), options, data)
 
         return nearest_width(self, target, shape)
 
     @torch.no_grad()
     def artifacts(self, model: nn.Module, batches: list[torch.Tensor], n: int) -> dict[str, bytes]:
         """Samples from fixed latents (the same z for every size), and held-out real images."""
-        from models.gan_metrics import fixed_latents
-
         if n < 1 or not batches:
             return {}
         gan = unwrap(model)
@@ -320,3 +350,34 @@ class GANFamily:
             "samples (fixed latents)": png_grid(gan.generator.sample(z)),
             "held-out real images": png_grid(to_signed(torch.cat(batches)[:n])),
         }
+
+
+@torch.no_grad()
+def _held_out_metrics(gan: GAN, batches: list[torch.Tensor]) -> dict[str, float]:
+    """Held-out metrics of a GAN (``context["features"]`` attached by the family's
+    ``prepare``): generated images from fixed latents (as many as there are held-out images,
+    at least ``gan_metrics.MIN_GENERATED``), compared with the held-out images."""
+    if not batches:
+        raise ValueError("evaluation got no images")
+    features = gan.context.get("features")
+    if features is None:
+        raise RuntimeError("GAN metrics need the feature network: call the family's prepare() first")
+    real_u8 = torch.cat(batches)
+    real = to_signed(real_u8)
+    device, dtype = real_u8.device, param_dtype(gan)
+    z = fixed_latents(max(len(real), MIN_GENERATED), gan.shape.latent).to(device, dtype)
+    fake = torch.cat([gan.generator.sample(chunk) for chunk in z.split(256)]).float()
+    scores_real = torch.cat([gan.discriminator(chunk.to(dtype)) for chunk in real.split(256)])
+    scores_fake = torch.cat([gan.discriminator(chunk.to(dtype)) for chunk in fake.split(256)])
+    kind = gan.shape.gan_loss
+    dist = distances(features, real, fake)
+    metrics = {
+        "loss": dist["fd"], "fd_rotnet": dist["fd"], "kid_rotnet": dist["kid"], "kid_rotnet_std": dist["kid_std"],
+        "diversity": dist["diversity"],
+        "d_loss": float(discriminator_loss(kind, scores_real, scores_fake)),
+        "g_loss": float(generator_loss(kind, scores_fake)),
+        "d_accuracy": float(((scores_real > 0).float().mean() + (scores_fake < 0).float().mean()) / 2),
+    }
+    if gan.shape.inception_weights:
+        metrics["fid_inception"] = inception_fid(real, fake, gan.shape.inception_weights)
+    return metrics

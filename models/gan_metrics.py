@@ -10,12 +10,13 @@ set. Its 64 pooled features are the embedding. The distances it gives are named 
 and ``kid_rotnet`` everywhere so that nobody reads them as FID; they are comparable between
 trials that share a data set (same cached network), not with published FIDs.
 
-The network is cached on disk under ``$SCALINGLAB_CACHE`` (default ``~/.cache/scalinglab``)
-by the SHA-256 of the training images and the recipe: every trial of a sweep, on any node,
-uses the same weights (training is seeded and single-threaded, so a cache miss on another
-node rebuilds the same network).
+The network is kept in the cache the training loop hands the family (``models.family.Cache``;
+on disk under ``$SCALINGLAB_CACHE``, default ``~/.cache/scalinglab``) by the SHA-256 of the
+training images and the recipe: every trial of a sweep, on any node, uses the same weights
+(training is seeded and single-threaded, so a cache miss on another node rebuilds the same
+network).
 
-With ``SCALINGLAB_INCEPTION_WEIGHTS`` set to a local copy of the standard FID Inception
+With the spec's ``model.inception_weights`` naming a local copy of the standard FID Inception
 weights (``pt_inception-2015-12-05-6726825d.pth``) and ``torch-fidelity`` installed, the
 evaluation also reports the standard ``fid_inception`` (torchmetrics' Inception-v3; images
 resized to 299×299, gray repeated to RGB).
@@ -28,8 +29,7 @@ a fixed seed.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
 import warnings
 from pathlib import Path
 
@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from analysis.records import Status
 
 EVAL_SEED = 20241123
 MIN_GENERATED = 1024  # generated images scored (at least; more when the held-out set is larger)
@@ -68,10 +70,6 @@ class RotNet(nn.Module):
         return self.head(self.forward(x))
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SCALINGLAB_CACHE", Path.home() / ".cache" / "scalinglab")) / "feature-nets"
-
-
 def content_hash(images: torch.Tensor) -> str:
     """SHA-256 over the uint8 images, their shape and the training recipe (16 hex digits)."""
     h = hashlib.sha256()
@@ -80,23 +78,22 @@ def content_hash(images: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def feature_network(train_images: torch.Tensor) -> RotNet:
-    """The RotNet for these training images (uint8 [N, C, H, W]): loaded from the cache, or
-    trained (a few seconds on a CPU core) and written there atomically."""
+def feature_network(train_images: torch.Tensor, cache) -> RotNet:
+    """The RotNet for these training images (uint8 [N, C, H, W]): loaded from ``cache``
+    (``models.family.Cache``), or trained (a few seconds on a CPU core) and put there.
+    ``cache_hit`` and ``cache_key`` say which."""
     images = train_images[:FEATURE_NET_IMAGES].cpu()
-    path = cache_dir() / f"rotnet-{content_hash(images)}.pt"
+    key = f"feature-nets/rotnet-{content_hash(images)}.pt"
     net = RotNet(images.shape[1])
-    if path.exists():
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        net.cache_hit = True
+    saved = cache.get(key)
+    if saved is not None:
+        net.load_state_dict(torch.load(io.BytesIO(saved), map_location="cpu", weights_only=True))
     else:
         train_rotnet(net, images)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            torch.save(net.state_dict(), tmp.name)
-        os.replace(tmp.name, path)  # concurrent trials: the last identical write wins
-        net.cache_hit = False
-    net.cache_path = str(path)
+        buffer = io.BytesIO()
+        torch.save(net.state_dict(), buffer)
+        cache.put(key, buffer.getvalue())  # concurrent trials: the last identical write wins
+    net.cache_hit, net.cache_key = saved is not None, key
     return net.eval().requires_grad_(False)
 
 
@@ -169,7 +166,7 @@ class _GivenFeatures(nn.Module):
 def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights: str) -> float:
     """Standard FID (torchmetrics' Inception-v3 from a local weights file)."""
     if not Path(weights).is_file():
-        raise ValueError(f"SCALINGLAB_INCEPTION_WEIGHTS: no such file {weights!r}; expected the FID "
+        raise ValueError(f"model.inception_weights: no such file {weights!r}; expected the FID "
                         "Inception weights pt_inception-2015-12-05-6726825d.pth")
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -177,7 +174,7 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights: str) -> float
         fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights,
                                        normalize=True, sync_on_compute=False)
     except ModuleNotFoundError as exc:
-        raise ValueError(f"SCALINGLAB_INCEPTION_WEIGHTS is set, but Inception FID needs torch-fidelity: {exc}") from None
+        raise ValueError(f"model.inception_weights is set, but Inception FID needs torch-fidelity: {exc}") from None
 
     def rgb(x: torch.Tensor) -> torch.Tensor:
         x = ((x.float().cpu() + 1) / 2).clamp(0, 1)
@@ -188,42 +185,7 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights: str) -> float
     return float(fid.compute())
 
 
-@torch.no_grad()
-def evaluate_gan(gan: nn.Module, batches: list[torch.Tensor]) -> dict[str, float]:
-    """Held-out metrics of a GAN (``models.gan.GAN`` with ``context["features"]`` attached by the
-    family's ``prepare``): generated images from fixed latents (as many as there are held-out
-    images, at least MIN_GENERATED), compared with the held-out images."""
-    from models.gan import discriminator_loss, generator_loss
-    from models.images import param_dtype, to_signed
-
-    if not batches:
-        raise ValueError("evaluation got no images")
-    features = gan.context.get("features")
-    if features is None:
-        raise RuntimeError("GAN metrics need the feature network: call the family's prepare() first")
-    real_u8 = torch.cat(batches)
-    real = to_signed(real_u8)
-    device, dtype = real_u8.device, param_dtype(gan)
-    z = fixed_latents(max(len(real), MIN_GENERATED), gan.shape.latent).to(device, dtype)
-    fake = torch.cat([gan.generator.sample(chunk) for chunk in z.split(256)]).float()
-    scores_real = torch.cat([gan.discriminator(chunk.to(dtype)) for chunk in real.split(256)])
-    scores_fake = torch.cat([gan.discriminator(chunk.to(dtype)) for chunk in fake.split(256)])
-    kind = gan.shape.gan_loss
-    dist = distances(features, real, fake)
-    metrics = {
-        "loss": dist["fd"], "fd_rotnet": dist["fd"], "kid_rotnet": dist["kid"], "kid_rotnet_std": dist["kid_std"],
-        "diversity": dist["diversity"],
-        "d_loss": float(discriminator_loss(kind, scores_real, scores_fake)),
-        "g_loss": float(generator_loss(kind, scores_fake)),
-        "d_accuracy": float(((scores_real > 0).float().mean() + (scores_fake < 0).float().mean()) / 2),
-    }
-    weights = os.environ.get("SCALINGLAB_INCEPTION_WEIGHTS")
-    if weights:
-        metrics["fid_inception"] = inception_fid(real, fake, weights)
-    return metrics
-
-
-def health(history: list[dict]) -> tuple[str, str]:
+def health(history: list[dict]) -> tuple[Status, str]:
     """(status, caveat) of a GAN trial from its evaluation points so far: ``diverged`` when
     the distance is not finite or has risen above DIVERGENCE_FACTOR × its best earlier value,
     ``collapsed`` when the latest samples' diversity is below COLLAPSE_DIVERSITY, else
@@ -231,12 +193,12 @@ def health(history: list[dict]) -> tuple[str, str]:
     last = history[-1]
     fd = last.get("fd_rotnet", float("nan"))
     if not np.isfinite(fd):
-        return "diverged", f"fd_rotnet is {fd} at step {last.get('step')}"
+        return Status.DIVERGED, f"fd_rotnet is {fd} at step {last.get('step')}"
     earlier = [h["fd_rotnet"] for h in history[:-1] if np.isfinite(h.get("fd_rotnet", float("nan")))]
     if earlier and fd > DIVERGENCE_FACTOR * min(earlier):
-        return "diverged", (f"fd_rotnet rose from {min(earlier):.4g} to {fd:.4g} at step {last.get('step')} "
+        return Status.DIVERGED, (f"fd_rotnet rose from {min(earlier):.4g} to {fd:.4g} at step {last.get('step')} "
                             f"(more than {DIVERGENCE_FACTOR:g}x its best): training destabilised")
     if last.get("diversity", 1.0) < COLLAPSE_DIVERSITY:
-        return "collapsed", (f"mode collapse: sample diversity {last['diversity']:.3f} of the real images' "
+        return Status.COLLAPSED, (f"mode collapse: sample diversity {last['diversity']:.3f} of the real images' "
                              f"(below {COLLAPSE_DIVERSITY}) at step {last.get('step')}")
-    return "completed", ""
+    return Status.COMPLETED, ""

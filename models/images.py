@@ -1,5 +1,5 @@
-"""What the image families (diffusion, VAE) share: pixel scaling, likelihoods, parameter
-counting, measured FLOPs and PNG sample grids.
+"""What the image families (diffusion, VAE, GAN) share: pixel scaling, likelihoods, parameter
+counting, the width rule for sizes given as params, and PNG sample grids.
 
 Batches of every image family are ``uint8`` tensors [B, C, H, W] straight from
 ``experiments.image_data``; each family scales them itself:
@@ -18,8 +18,6 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
-
-from models.flops import measured_flops_per_unit
 
 
 def to_signed(batch: torch.Tensor) -> torch.Tensor:
@@ -57,16 +55,6 @@ def meta_model(family, shape) -> nn.Module:
     """The family's model at ``shape`` on the meta device: counts without allocating."""
     with torch.device("meta"):
         return family.build(shape)
-
-
-def measured_flops_per_sample(family, shape, batch_size: int = 4) -> float:
-    """Training FLOPs (forward + backward of the family's loss) per image, measured by
-    FlopCounterMode on a real batch, cached per shape (see ``models.flops``)."""
-    batch = family.example_batch(shape, batch_size)
-    gen = torch.random.fork_rng()  # the diffusion loss draws noise: leave the caller's RNG alone
-    with gen:
-        torch.manual_seed(0)
-        return measured_flops_per_unit(family, shape, batch, units=batch_size)
 
 
 def nearest_width(family, target: int, shape_at: Callable[[int], Any]) -> Any:

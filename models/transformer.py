@@ -22,12 +22,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.family import ParamCount, register
+from analysis.records import DataUnit, Metric
+from models.blocks import Block
+from models.family import DataShape, ModelFamily, ParamCount, doc_field, register
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformerSize:
+    """One size in the spec: ``d_model`` must be a multiple of ``n_heads``."""
+
+    d_model: int = doc_field(doc="width")
+    n_layers: int = doc_field(doc="blocks")
+    n_heads: int = doc_field(doc="attention heads (d_model / n_heads per head)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformerOptions:
+    """The rule for sizes given as ``params`` (``TransformerFamily.shape_from_params``)."""
+
+    aspect_ratio: int = doc_field(32, "d_model / n_layers, for sizes given as params")
+    head_dim: int = doc_field(16, "d_model / n_heads, for sizes given as params")
+
+    def __post_init__(self) -> None:
+        if self.aspect_ratio < 1 or self.head_dim < 1:
+            raise ValueError("aspect_ratio and head_dim must be positive")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TransformerShape:
-    """Size of one transformer. ``d_model`` must be a multiple of ``n_heads``."""
+    """Everything that builds one transformer: its size, and the context and vocabulary the
+    data fix."""
 
     d_model: int
     n_layers: int
@@ -43,54 +67,6 @@ class TransformerShape:
             raise ValueError(
                 f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})"
             )
-
-    @property
-    def tag(self) -> str:
-        return f"d{self.d_model}-l{self.n_layers}-h{self.n_heads}"
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention; causal for the language model, bidirectional for DiT."""
-
-    def __init__(self, d_model: int, n_heads: int, causal: bool = True) -> None:
-        super().__init__()
-        self.n_heads, self.causal = n_heads, causal
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: attention then a 4x GELU MLP, each on a residual branch.
-
-    ``forward(x, mod)`` with ``mod`` = (shift1, scale1, gate1, shift2, scale2, gate2), each
-    [B, 1, d], applies DiT's adaLN conditioning (Peebles & Xie 2023): the normalised input
-    of each branch is shifted and scaled, and the branch output is gated."""
-
-    def __init__(self, d_model: int, n_heads: int, causal: bool = True) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_heads, causal)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model),
-            nn.GELU(),
-            nn.Linear(4 * d_model, d_model),
-        )
-
-    def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        if mod is None:
-            x = x + self.attn(self.ln1(x))
-            return x + self.mlp(self.ln2(x))
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod
-        x = x + gate1 * self.attn(self.ln1(x) * (1 + scale1) + shift1)
-        return x + gate2 * self.mlp(self.ln2(x) * (1 + scale2) + shift2)
 
 
 class TransformerLM(nn.Module):
@@ -130,14 +106,16 @@ class TransformerLM(nn.Module):
 
 
 @register("transformer")
-class TransformerFamily:
+class TransformerFamily(ModelFamily):
     """Decoder-only LMs; data unit: tokens; losses in nats per token."""
 
-    name = "transformer"
     tag = "tfm"  # prefix of trial ids
-    data_unit = "tokens"
+    data_unit = DataUnit.TOKENS
     loss_unit = "nats/token"
-    shape_type = TransformerShape
+    metrics = (Metric("loss", "nats/token", "held-out next-token cross-entropy, token-weighted"),
+               Metric("bits_per_token", "bits/token", "the same loss in bits"))
+    size_type, options_type, shape_type = TransformerSize, TransformerOptions, TransformerShape
+    supports_probes = True
 
     def build(self, shape: TransformerShape) -> nn.Module:
         return TransformerLM(shape)
@@ -180,21 +158,23 @@ class TransformerFamily:
         d, L, V, T = shape.d_model, shape.n_layers, shape.vocab, shape.context
         return float(6 * n + 12 * L * T * d + 6 * d * V)
 
+    def activation_bytes(self, shape: TransformerShape, micro_batch: int, half: bool) -> float:
+        """L·T·b·d·34 bytes in 16-bit (Korthikanti et al. 2022, without recomputation and without
+        the T² attention scores, which fused attention does not keep), twice that in fp32, plus
+        the fp32 logits 4·T·b·V."""
+        t, b = shape.context, micro_batch
+        return shape.n_layers * 34 * t * b * shape.d_model * (1 if half else 2) + 4 * t * b * shape.vocab
+
+    def next_token_logits(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        return model(tokens)
+
     def example_batch(self, shape: TransformerShape, batch_size: int) -> torch.Tensor:
         return torch.randint(0, shape.vocab, (batch_size, shape.context + 1))
 
     def tiny(self) -> TransformerShape:
         return TransformerShape(d_model=32, n_layers=2, n_heads=2, context=32, vocab=256)
 
-    def shape_from_params(
-        self,
-        target: int,
-        *,
-        aspect_ratio: int = 32,
-        head_dim: int = 16,
-        context: int = 128,
-        vocab: int = 256,
-    ) -> TransformerShape:
+    def shape_from_params(self, target: int, options: TransformerOptions, data: DataShape) -> TransformerShape:
         """Shape with N ≈ ``target`` from the rule d_model ≈ aspect_ratio · n_layers.
 
         With N ≈ 12·L·d² and d = r·L: L = round((N / (12 r²))^(1/3)) (at least 1), then
@@ -202,12 +182,8 @@ class TransformerFamily:
         """
         if target < 1:
             raise ValueError(f"target parameter count must be positive, got {target}")
-        n_layers = max(1, round((target / (12 * aspect_ratio**2)) ** (1 / 3)))
+        r, head_dim = options.aspect_ratio, options.head_dim
+        n_layers = max(1, round((target / (12 * r**2)) ** (1 / 3)))
         d_model = max(head_dim, head_dim * round(math.sqrt(target / (12 * n_layers)) / head_dim))
-        return TransformerShape(
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=d_model // head_dim,
-            context=context,
-            vocab=vocab,
-        )
+        return TransformerShape(d_model=d_model, n_layers=n_layers, n_heads=d_model // head_dim,
+                                context=data.context, vocab=data.vocab)

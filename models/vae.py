@@ -25,18 +25,45 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.family import ParamCount, register
-from models.images import (binarize, count_params, discretized_gaussian_log_likelihood,
-                           measured_flops_per_sample, meta_model, nearest_width, param_dtype, png_grid, random_images,
-                           to_signed, unwrap)
+from analysis.records import DataUnit, Metric
+from models.family import DataShape, ModelFamily, doc_field, register
+from models.images import (
+    binarize,
+    discretized_gaussian_log_likelihood,
+    nearest_width,
+    param_dtype,
+    png_grid,
+    random_images,
+    to_signed,
+    unwrap,
+)
 
 EVAL_SEED = 20240602
+Likelihood = Literal["gaussian", "bernoulli"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAESize:
+    width: int = doc_field(doc="channels of the first convolution (doubled at each downsampling)")
+    depth: int = doc_field(doc="3x3 convolutions per resolution")
+    latent: int = doc_field(doc="dimensions of z")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEOptions:
+    likelihood: Likelihood = doc_field(
+        "gaussian", "discretized Gaussian over 8-bit pixels, or Bernoulli over pixels binarized at 128")
+    iw_samples: int = doc_field(0, "k of the importance-weighted bound reported at evaluation (0: off, else >= 2)")
+
+    def __post_init__(self) -> None:
+        if self.iw_samples < 0 or self.iw_samples == 1:
+            raise ValueError(f"iw_samples must be 0 (off) or at least 2, got {self.iw_samples}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,15 +73,15 @@ class VAEShape:
     latent: int
     image_size: int = 8
     channels: int = 1
-    likelihood: str = "gaussian"
+    likelihood: Likelihood = "gaussian"
     iw_samples: int = 0  # k of the importance-weighted bound at evaluation (0: off)
 
     def __post_init__(self) -> None:
         for field in ("width", "depth", "latent", "image_size", "channels"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)}")
-        if self.likelihood not in ("gaussian", "bernoulli"):
-            raise ValueError(f"likelihood must be 'gaussian' or 'bernoulli', got {self.likelihood!r}")
+        if self.likelihood not in get_args(Likelihood):
+            raise ValueError(f"likelihood must be one of {list(get_args(Likelihood))}, got {self.likelihood!r}")
         if self.iw_samples < 0 or self.iw_samples == 1:
             raise ValueError(f"iw_samples must be 0 (off) or at least 2, got {self.iw_samples}")
         if self.image_size < 4 or self.image_size & (self.image_size - 1):
@@ -63,10 +90,6 @@ class VAEShape:
     @property
     def downsamplings(self) -> int:
         return max(1, int(math.log2(self.image_size)) - 2)
-
-    @property
-    def tag(self) -> str:
-        return f"vae-w{self.width}-l{self.depth}-z{self.latent}"
 
 
 def _convs(channels: int, depth: int) -> list[nn.Module]:
@@ -119,14 +142,19 @@ class VAE(nn.Module):
 
 
 @register("vae")
-class VAEFamily:
+class VAEFamily(ModelFamily):
     """Convolutional VAEs; data unit: samples (images); ``loss`` is −ELBO in nats/dim."""
 
-    name = "vae"
     tag = "vae"
-    data_unit = "samples"
+    data_unit = DataUnit.SAMPLES
     loss_unit = "nats/dim"
-    shape_type = VAEShape
+    metrics = (Metric("loss", "nats/dim", "negative ELBO, one posterior sample from a fixed seed"),
+               Metric("bits_per_dim", "bits/dim", "the same bound in bits"),
+               Metric("recon", "nats/dim", "reconstruction term −log p(x|z) of the loss"),
+               Metric("kl", "nats/dim", "KL(q(z|x) ‖ p(z)) term of the loss (closed form)"),
+               Metric("iw_nats_per_dim", "nats/dim", "importance-weighted bound with iw_samples samples (when on)"),
+               Metric("iw_bits_per_dim", "bits/dim", "the same in bits (when on)"))
+    size_type, options_type, shape_type = VAESize, VAEOptions, VAEShape
 
     def build(self, shape: VAEShape) -> nn.Module:
         return VAE(shape)
@@ -206,25 +234,17 @@ class VAEFamily:
             terms.append(log_px + log_pz - log_qz)
         return -(torch.logsumexp(torch.stack(terms), dim=0) - math.log(k))
 
-    def num_params(self, shape: VAEShape) -> ParamCount:
-        total = count_params(meta_model(self, shape))
-        return ParamCount(scaling=total, total=total)
-
-    def flops_per_unit(self, shape: VAEShape) -> float:
-        return measured_flops_per_sample(self, shape)
-
     def example_batch(self, shape: VAEShape, batch_size: int) -> torch.Tensor:
         return random_images(shape, batch_size)
 
     def tiny(self) -> VAEShape:
         return VAEShape(width=8, depth=1, latent=4)
 
-    def shape_from_params(self, target: int, *, aspect_ratio: int = 32, head_dim: int = 16,
-                          image_size: int = 8, channels: int = 1, **options) -> VAEShape:
+    def shape_from_params(self, target: int, options: VAEOptions, data: DataShape) -> VAEShape:
         """Depth 1, latent 16, and the width (a multiple of 4) whose N is nearest ``target``."""
 
         def shape(w: int) -> VAEShape:
-            return VAEShape(width=w, depth=1, latent=16, image_size=image_size, channels=channels, **options)
+            return self.shape(VAESize(width=w, depth=1, latent=16), options, data)
 
         return nearest_width(self, target, shape)
 

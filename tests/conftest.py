@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # GAN feature networks are cached per test session (removed at exit), not in ~/.cache.
-if "SCALINGLAB_CACHE" not in os.environ:
+if "SCALINGLAB_CACHE" not in os.environ:  # experiments.cache.CACHE_ENV
     os.environ["SCALINGLAB_CACHE"] = tempfile.mkdtemp(prefix="scalinglab-test-cache-")
     atexit.register(shutil.rmtree, os.environ["SCALINGLAB_CACHE"], ignore_errors=True)
 
@@ -43,6 +43,32 @@ def process_group():
     deepspeed.init_distributed(dist_backend="gloo")
     yield
     torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One embedded Ray shared by every in-process sweep test, so that no sweep pays a Ray
+    start of its own (a sweep uses the Ray it finds and leaves it running). What a killed
+    driver or a new process does is tested by running the CLI in a subprocess instead."""
+    from cluster.runtime import start_ray, stop_ray
+
+    started = start_ray(None)
+    yield
+    if started:
+        stop_ray()
+
+
+@pytest.fixture
+def scalinglab(ray_session, capsys):
+    """``scalinglab ARGS`` in this process, on the shared Ray: (exit status, stdout, stderr)."""
+    from cluster.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
 
 
 @pytest.fixture

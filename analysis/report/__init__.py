@@ -1,8 +1,11 @@
 """The sweep report: one self-contained, offline HTML file of plotly figures and tables.
 
-    from analysis.report import load_results, report_figures, write_report
-    write_report("results/quickstart", "report.html", predict=["N=1e7,D=1e8"])
+    from analysis.report import fit_and_report, load_results, report_figures
+    fit_and_report("results/quickstart", out="report.html", predict=["N=1e7,D=1e8"])
     figs = report_figures(load_results("results/quickstart"), fits)   # plotly Figures, by key
+
+``fit_and_report`` is the one path from a results folder to fits and a report: the end of
+``scalinglab sweep`` and ``scalinglab report`` both call it.
 
 Sections appear when their data exist: the header and trial table always; training curves
 with ``evals.parquet``; the scaling plots, frontier, Chinchilla view and fit table when a
@@ -13,24 +16,25 @@ evaluation rows hold capability metrics (``TASK/NAME``); sample grids when the f
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import plotly.graph_objects as go
 
-from analysis.points import AnalysisError
+from analysis.errors import UserError
+from analysis.records import EVALS, LOSS, TRIALS
 from analysis.report import html
 from analysis.report.allocation_figures import chinchilla_contours, frontier_figure, isoflop_figure, residuals_figure
 from analysis.report.data import ReportData, load_results
 from analysis.report.emergence_figures import capability_tasks, emergence_figure
 from analysis.report.figures import scaling_figure, training_curves
 from analysis.results import FitResult
+from analysis.store import ResultsStore
 
-__all__ = ["ReportData", "build_report", "fit_for_report", "load_results", "report_figures", "saved_fits",
-           "write_report"]
+__all__ = ["ReportData", "ReportOutcome", "build_report", "fit_and_report", "fit_for_report", "load_results",
+           "report_figures", "saved_fits"]
+FITS_FILE, REPORT_FILE = "fits.json", "report.html"
 
 
 def fit_for_report(data: ReportData, *, predict: list[str] | None = None, bootstrap: int = 200,
@@ -41,20 +45,19 @@ def fit_for_report(data: ReportData, *, predict: list[str] | None = None, bootst
     try:
         return fit_laws(data.trials, evals=data.evals, predict=predict, bootstrap=bootstrap, seed=seed,
                         log=lambda msg: None), None
-    except AnalysisError as exc:
+    except UserError as exc:
         return [], str(exc)
 
 
 def saved_fits(folder: str | Path) -> list[FitResult] | None:
     """The fits the sweep wrote (``fits.json``, with bootstrap draws), or None when there are
     none, they carry no draws, or the trials table is newer than they are."""
-    folder = Path(folder)
-    fits_path, trials_path = folder / "fits.json", folder / "trials.parquet"
-    if not fits_path.is_file() or fits_path.stat().st_mtime < trials_path.stat().st_mtime:
+    store = ResultsStore(folder)
+    fitted, changed = store.modified(FITS_FILE), store.modified(TRIALS.file)
+    if fitted is None or changed is None or fitted < changed:
         return None
     try:
-        docs = json.loads(fits_path.read_text())["fits"]
-        fits = [FitResult.from_json(d) for d in docs]
+        fits = [FitResult.from_json(d) for d in store.read_json(FITS_FILE)["fits"]]
     except (ValueError, KeyError, TypeError):
         return None
     return fits if fits and all(f.samples is not None for f in fits) else None
@@ -65,7 +68,7 @@ def report_figures(data: ReportData, fits: list[FitResult]) -> dict[str, go.Figu
     ``isoflop``, ``frontier``, ``contours``, ``residuals``, ``emergence_<task>``."""
     t, by_law = data.trials, {f.law: f for f in fits}
     figs: dict[str, go.Figure] = {}
-    if data.evals is not None and (data.evals["metric"] == "loss").any():
+    if data.evals is not None and (data.evals[EVALS.metric] == LOSS).any():
         figs["curves"] = training_curves(t, data.evals)
     if fits:
         for axis in ("N", "D", "C"):
@@ -117,27 +120,45 @@ def build_report(data: ReportData, fits: list[FitResult], fit_error: str | None 
     return html.page(data, fits, fit_error, sections)
 
 
-def write_report(source: str | Path | ReportData, out: str | Path, *, fits: list[FitResult] | None = None,
-                 predict: list[str] | None = None, bootstrap: int = 200, seed: int = 0, log=None) -> Path:
-    """Write the report to ``out`` atomically. Fits: ``fits`` when given; else, for a results
-    folder and no ``predict`` targets, the sweep's own ``fits.json`` when it is current and
-    holds bootstrap draws; else a fresh fit."""
+@dataclass
+class ReportOutcome:
+    fits: list[FitResult]
+    fit_error: str | None  # why there are no fits (none identifiable, or fitting was skipped)
+    report: str | None  # where the report was written
+
+
+def fit_and_report(source: str | Path, *, out: str | Path | None = None, predict: list[str] | None = None,
+                   bootstrap: int = 200, seed: int = 0, fit: bool = True, refit: bool = False,
+                   save_fits: bool = False, report: bool = True, log=None) -> ReportOutcome:
+    """Fits and the report of a results folder (a local folder or a storage URI).
+
+    Fits: the folder's own ``fits.json`` when it is current, holds bootstrap draws, and there
+    are no ``predict`` targets and no ``refit``; else every identifiable law is fitted anew
+    (``save_fits`` writes them to ``fits.json``, with their draws). The report goes to ``out``
+    (default: ``report.html`` in the folder); every file is written atomically."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    data = source if isinstance(source, ReportData) else load_results(source)
-    fit_error = None
-    if fits is None and not predict and not isinstance(source, ReportData):
-        fits = saved_fits(source)
+    data = load_results(source)
+    store = ResultsStore(source)
+    fits, fit_error = [], "skipped (--no-fit)"
+    if fit:
+        fits = None if (predict or refit) else saved_fits(source)
         if fits is not None:
-            log("report: using the sweep's fits (fits.json); give --predict to refit with targets")
-    if fits is None:
-        log(f"report: fitting laws ({bootstrap} bootstrap resamples) ...")
-        fits, fit_error = fit_for_report(data, predict=predict, bootstrap=bootstrap, seed=seed)
-    text = build_report(data, fits, fit_error)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, out)
-    log(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    return out
+            log(f"report: using the sweep's fits ({FITS_FILE}); give --predict to refit with targets")
+            fit_error = None
+        else:
+            log(f"report: fitting laws ({bootstrap} bootstrap resamples) ...")
+            fits, fit_error = fit_for_report(data, predict=predict, bootstrap=bootstrap, seed=seed)
+            if save_fits and fits:
+                store.write_json(FITS_FILE, {"fits": [f.to_json(with_samples=True) for f in fits]})
+    where = None
+    if report:
+        text = build_report(data, fits, fit_error).encode()
+        if out is None:
+            store.write_bytes(REPORT_FILE, text)
+            where = store.path(REPORT_FILE) if "://" not in store.uri else f"{store.uri.rstrip('/')}/{REPORT_FILE}"
+        else:
+            target = Path(out).resolve()
+            ResultsStore(target.parent).write_bytes(target.name, text)
+            where = str(target)
+        log(f"report: {where} ({len(text) / 1e6:.1f} MB)")
+    return ReportOutcome(fits, fit_error, where)

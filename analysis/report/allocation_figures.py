@@ -9,9 +9,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.fit import subset_for
-from analysis.laws import law_value
-from analysis.report.figures import (add_curve, band, completed_points, data_unit, loss_unit, optimal_split,
-                                     shade_beyond)
+from analysis.laws import law_value, optimal_split
+from analysis.report.figures import add_curve, band, completed_points, data_unit, loss_unit, shade_beyond
 from analysis.report.style import (
     OKABE_ITO,
     TEMPLATE,
@@ -54,7 +53,7 @@ def isoflop_figure(trials: pd.DataFrame, isoflop: FitResult) -> go.Figure:
             marker={"symbol": "star" if row["minimum_inside"] else "star-open", "size": 15, "color": colour,
                     "line": {"color": "black", "width": 1}},
             hovertemplate=(f"{label}: N_opt={sci(row['N_opt'])}, D_opt={sci(row['D_opt'])}, "
-                           f"{row['tokens_per_param']:.3g} {data_unit(trials)}/parameter<extra></extra>")))
+                           f"{row['D_per_N']:.3g} {data_unit(trials)}/parameter<extra></extra>")))
     fig.update_xaxes(type="log", title_text=axis_label("N"))
     fig.update_yaxes(title_text=loss_label(loss_unit(trials)))
     fig.update_layout(template=TEMPLATE, height=460, title="IsoFLOP profiles: loss vs N at each compute budget "
@@ -96,7 +95,7 @@ def frontier_figure(trials: pd.DataFrame, fits: list[FitResult], targets_c: list
         for col, (y_pts, y_fit) in enumerate(
                 ((np.array([r["N_opt"] for r in rows]), n_fit),
                  (np.array([r["D_opt"] for r in rows]), grid / (6 * n_fit)),
-                 (np.array([r["tokens_per_param"] for r in rows]), grid / (6 * n_fit ** 2))), start=1):
+                 (np.array([r["D_per_N"] for r in rows]), grid / (6 * n_fit ** 2))), start=1):
             _line(fig, col, grid, y_fit, None, law_colour("isoflop"), name, show=col == 1, dash="dash")
             fig.add_trace(go.Scatter(x=c, y=y_pts, mode="markers", legendgroup=name, showlegend=False,
                                      marker={"symbol": "star", "size": 12, "color": law_colour("isoflop")},

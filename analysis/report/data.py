@@ -1,21 +1,25 @@
 """What a report is built from: a sweep's results folder read into one object.
 
-A results folder holds ``trials.parquet`` (required), and when present ``evals.parquet``,
-``spec.yaml``, ``run.json`` (the driver's record of each run: Ray's resources, start and
-wall time), ``emergence.json`` (the emergence detector's results) and sample images under
-``samples/<trial_id>/*.png`` (written by image families: a PNG per grid, the file name
-its caption).
+A results folder (a local folder or a storage URI, read through ``analysis.store``) holds
+``trials.parquet`` (required), and when present ``evals.parquet``, ``spec.yaml``, ``run.json``
+(the driver's record of each run: Ray's resources, start and wall time), ``emergence.json``
+(the emergence detector's results) and sample images under ``samples/<trial_id>/*.png``
+(written by families with artifacts: a PNG per grid, the file name its caption).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.points import AnalysisError, read_table
+from analysis.emergence_tables import EMERGENCE_FILE
+from analysis.errors import UserError
+from analysis.records import EVALS, TRIALS
+from analysis.store import ResultsStore
+
+SAMPLES_DIR = "samples"
 
 
 @dataclass
@@ -31,39 +35,38 @@ class ReportData:
 
 
 def load_results(folder: str | Path) -> ReportData:
-    path = Path(folder)
-    if not path.is_dir():
-        raise AnalysisError(f"{path}: not a results folder (expected a folder holding trials.parquet)")
-    trials, evals = read_table(path)
-    missing = [c for c in ("trial_id", "status") if c not in trials.columns]
+    store = ResultsStore(folder)
+    if not store.exists(TRIALS.file):
+        raise UserError(f"{folder}: not a results folder (expected a folder holding {TRIALS.file})")
+    trials = store.read_table(TRIALS.file)
+    missing = [c for c in (TRIALS.trial_id, TRIALS.status) if c not in trials.columns]
     if missing:
-        raise AnalysisError(f"{path / 'trials.parquet'}: missing column(s) {missing}; is it a sweep's table?")
-    name = str(trials["sweep"].iloc[0]) if "sweep" in trials and len(trials) else path.name
-    spec = path / "spec.yaml"
+        raise UserError(f"{store.path(TRIALS.file)}: missing column(s) {missing}; is it a sweep's table?")
+    name = str(trials[TRIALS.sweep].iloc[0]) if TRIALS.sweep in trials and len(trials) else Path(store.root).name
     return ReportData(
-        name=name, trials=trials, evals=evals,
-        spec_text=spec.read_text(errors="replace") if spec.is_file() else None,
-        runs=_json(path / "run.json", default={}).get("runs", []),
-        emergence=_json(path / "emergence.json", default={}).get("results"),
-        samples=_samples(path / "samples"),
+        name=name, trials=trials,
+        evals=store.read_table(EVALS.file) if store.exists(EVALS.file) else None,
+        spec_text=store.read_bytes("spec.yaml").decode(errors="replace") if store.exists("spec.yaml") else None,
+        runs=_json(store, "run.json").get("runs", []),
+        emergence=_json(store, EMERGENCE_FILE).get("results"),
+        samples=_samples(store),
     )
 
 
-def _json(path: Path, default):
-    if not path.is_file():
-        return default
+def _json(store: ResultsStore, name: str) -> dict:
     try:
-        return json.loads(path.read_text())
+        return store.read_json(name, {})
     except (OSError, ValueError) as exc:
-        raise AnalysisError(f"{path}: not readable JSON: {exc}") from None
+        raise UserError(f"{store.path(name)}: not readable JSON: {exc}") from None
 
 
-def _samples(folder: Path) -> dict[str, list[tuple[str, bytes]]]:
+def _samples(store: ResultsStore) -> dict[str, list[tuple[str, bytes]]]:
     out: dict[str, list[tuple[str, bytes]]] = {}
-    if not folder.is_dir():
-        return out
-    for trial_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        images = [(png.stem, png.read_bytes()) for png in sorted(trial_dir.glob("*.png"))]
+    for trial in store.listdir(SAMPLES_DIR):
+        if not store.is_dir(f"{SAMPLES_DIR}/{trial}"):
+            continue
+        names = [n for n in store.listdir(f"{SAMPLES_DIR}/{trial}") if n.endswith(".png")]
+        images = [(n[:-len(".png")], store.read_bytes(f"{SAMPLES_DIR}/{trial}/{n}")) for n in names]
         if images:
-            out[trial_dir.name] = images
+            out[trial] = images
     return out

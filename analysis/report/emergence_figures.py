@@ -20,13 +20,24 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.emergence import DISCONTINUOUS, STDERR_SUFFIX
+from analysis.emergence import DISCONTINUOUS
 from analysis.emergence_tables import last_capability_values
+from analysis.records import (
+    EVALS,
+    TRIALS,
+    capability_metric,
+    capability_name,
+    capability_task,
+    is_capability,
+    is_stderr,
+)
 from analysis.report.figures import data_unit, size_colourbar
 from analysis.report.style import OKABE_ITO, TEMPLATE, axis_label, scale_colours
 
-AXIS_COLUMNS = {"N": "n_params", "D": "tokens", "C": "flops"}
-AXIS_ALIASES = {"n_params": "N", "params": "N", "tokens": "D", "samples": "D", "flops": "C", "compute": "C"}
+AXIS_COLUMNS = {"N": TRIALS.n_params, "D": TRIALS.data_units, "C": TRIALS.flops}
+# names a table's scale column may have in emergence.json (a sweep's columns, and common ones)
+AXIS_ALIASES = {"n_params": "N", "params": "N", "data_units": "D", "tokens": "D", "samples": "D",
+                "flops": "C", "compute": "C"}
 
 
 def capability_tasks(evals: pd.DataFrame | None) -> dict[str, list[str]]:
@@ -34,16 +45,15 @@ def capability_tasks(evals: pd.DataFrame | None) -> dict[str, list[str]]:
     if evals is None or evals.empty:
         return {}
     tasks: dict[str, list[str]] = {}
-    for metric in sorted(m for m in evals["metric"].unique() if "/" in str(m) and not str(m).endswith(STDERR_SUFFIX)):
-        task, name = str(metric).split("/", 1)
-        tasks.setdefault(task, []).append(name)
+    for metric in sorted(m for m in evals[EVALS.metric].unique() if is_capability(m) and not is_stderr(m)):
+        tasks.setdefault(capability_task(metric), []).append(capability_name(metric))
     return {t: sorted(names, key=lambda n: (n not in DISCONTINUOUS, n)) for t, names in tasks.items()}
 
 
 def final_capabilities(trials: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     """One row per (trial, capability metric): its value at the trial's last evaluation."""
     return last_capability_values(evals).merge(
-        trials[["trial_id", "n_params", "tokens", "flops", "status"]], on="trial_id")
+        trials[[TRIALS.trial_id, TRIALS.n_params, TRIALS.data_units, TRIALS.flops, TRIALS.status]], on=TRIALS.trial_id)
 
 
 def emergence_figure(trials: pd.DataFrame, evals: pd.DataFrame, task: str, axis: str = "C",
@@ -57,19 +67,20 @@ def emergence_figure(trials: pd.DataFrame, evals: pd.DataFrame, task: str, axis:
                         subplot_titles=[f"{n} ({'discontinuous' if n in DISCONTINUOUS else 'continuous'})"
                                         for n in names])
     for col, name in enumerate(names, start=1):
-        rows = finals[finals["metric"] == f"{task}/{name}"].sort_values(col_x)
+        metric = capability_metric(task, name)
+        rows = finals[finals[EVALS.metric] == metric].sort_values(col_x)
         if rows.empty:
             continue
         fig.add_trace(go.Scatter(
-            x=rows[col_x], y=rows["value"], mode="markers", name=f"{task}/{name}", showlegend=False,
-            marker={"size": 9, "color": scale_colours(rows["n_params"]), "line": {"color": "black", "width": 0.5}},
-            customdata=rows[["trial_id", "n_params", "tokens"]].to_numpy(),
+            x=rows[col_x], y=rows[EVALS.value], mode="markers", name=metric, showlegend=False,
+            marker={"size": 9, "color": scale_colours(rows[TRIALS.n_params]), "line": {"color": "black", "width": 0.5}},
+            customdata=rows[[TRIALS.trial_id, TRIALS.n_params, TRIALS.data_units]].to_numpy(),
             hovertemplate=("%{customdata[0]}<br>N=%{customdata[1]:.3g}, D=%{customdata[2]:.3g}<br>"
                            f"{name} %{{y:.4g}}<extra></extra>")), row=1, col=col)
         if col == len(names):
-            fig.add_trace(size_colourbar(finals["n_params"].to_numpy()), row=1, col=col)
+            fig.add_trace(size_colourbar(finals[TRIALS.n_params].to_numpy()), row=1, col=col)
         for flag in flags or []:
-            if flag.get("metric") in (f"{task}/{name}", name) and _axis(flag.get("axis")) == axis:
+            if flag.get("metric") in (metric, name) and _axis(flag.get("axis")) == axis:
                 _draw_flag(fig, flag, col)
         fig.update_xaxes(type="log", title_text=axis_label(axis, data_unit(trials)), row=1, col=col)
         fig.update_yaxes(title_text=name, row=1, col=col)

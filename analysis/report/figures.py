@@ -18,8 +18,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.laws import law_value
+from analysis.laws import law_value, optimal_split
 from analysis.points import load_points
+from analysis.records import EVALS, LOSS, TRIALS
 from analysis.report.style import (
     BAND_OPACITY,
     SIZE_SCALE,
@@ -39,16 +40,15 @@ CHINCHILLA_LEVELS = 5  # the Chinchilla law is drawn at most at this many values
 
 
 def data_unit(trials: pd.DataFrame) -> str:
-    units = trials["data_unit"].dropna().unique() if "data_unit" in trials else []
-    return str(units[0]) if len(units) == 1 else "tokens"
+    """What D counts in these trials (a foreign table without the column: "data units")."""
+    units = trials[TRIALS.data_unit].dropna().unique() if TRIALS.data_unit in trials else []
+    return str(units[0]) if len(units) == 1 else "data units"
 
 
 def loss_unit(trials: pd.DataFrame) -> str:
-    """The unit of the family's ``loss`` (older tables without the column: language models)."""
-    units = trials["loss_unit"].dropna().unique() if "loss_unit" in trials else []
-    if len(units) == 1:
-        return str(units[0])
-    return "nats/token" if data_unit(trials) == "tokens" else "final_loss units"
+    """The unit of the family's ``loss`` (a foreign table without the column: its own)."""
+    units = trials[TRIALS.loss_unit].dropna().unique() if TRIALS.loss_unit in trials else []
+    return str(units[0]) if len(units) == 1 else "the table's units"
 
 
 def completed_points(trials: pd.DataFrame) -> pd.DataFrame:
@@ -69,27 +69,27 @@ def size_colourbar(n_values) -> go.Scatter:
     )
 
 
-def training_curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "loss") -> go.Figure:
+def training_curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = LOSS) -> go.Figure:
     """Held-out loss against tokens (left) and FLOPs (right), log axes, one colour by N."""
     unit = data_unit(trials)
-    curves = evals[evals["metric"] == metric].merge(
-        trials[["trial_id", "n_params", "tokens", "status"]].rename(columns={"tokens": "budget_d"}),
-        on="trial_id")
-    curves = curves[(curves["tokens"] > 0) & (curves["value"] > 0)]
+    curves = evals[evals[EVALS.metric] == metric].merge(
+        trials[[TRIALS.trial_id, TRIALS.n_params, TRIALS.data_units, TRIALS.status]].rename(
+            columns={TRIALS.data_units: "budget_d"}), on=TRIALS.trial_id)
+    curves = curves[(curves[EVALS.data_units] > 0) & (curves[EVALS.value] > 0)]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
                         subplot_titles=(f"vs {unit} trained", "vs training FLOPs"))
     if curves.empty:
         return fig
-    sizes = curves.groupby("trial_id")["n_params"].first()
+    sizes = curves.groupby(TRIALS.trial_id)[TRIALS.n_params].first()
     colours = dict(zip(sizes.index, scale_colours(sizes.to_numpy())))
-    for tid, cur in curves.sort_values(["n_params", "budget_d", "step"]).groupby("trial_id", sort=False):
-        n, d, status = cur["n_params"].iloc[0], cur["budget_d"].iloc[0], cur["status"].iloc[0]
+    for tid, cur in curves.sort_values([TRIALS.n_params, "budget_d", EVALS.step]).groupby(TRIALS.trial_id, sort=False):
+        n, d, status = cur[TRIALS.n_params].iloc[0], cur["budget_d"].iloc[0], cur[TRIALS.status].iloc[0]
         hover = (f"{tid}<br>N={sci(n)}, D={sci(d)}, {status}<br>{unit} %{{customdata[0]:.3g}}, "
                  "FLOPs %{customdata[1]:.3g}<br>loss %{y:.4f}<extra></extra>")
-        custom = cur[["tokens", "flops"]].to_numpy()
-        for col, x in ((1, cur["tokens"]), (2, cur["flops"])):
+        custom = cur[[EVALS.data_units, EVALS.flops]].to_numpy()
+        for col, x in ((1, cur[EVALS.data_units]), (2, cur[EVALS.flops])):
             fig.add_trace(go.Scatter(
-                x=x, y=cur["value"], mode="lines+markers", name=tid, legendgroup=tid,
+                x=x, y=cur[EVALS.value], mode="lines+markers", name=tid, legendgroup=tid,
                 showlegend=False, line={"color": colours[tid], "width": 1.5}, marker={"size": 4},
                 customdata=custom, hovertemplate=hover), row=1, col=col)
     fig.add_trace(size_colourbar(sizes.to_numpy()), row=1, col=2)
@@ -188,11 +188,6 @@ def _law_curves(fit: FitResult, axis: str, grid: np.ndarray, pts: pd.DataFrame, 
             spread = band(law_value(law, draws, **optimal_split(draws, grid)))
         yield ("chinchilla, compute-optimal N and D", grid, law_value(law, value, **x), spread,
                law_colour(law))
-
-
-def optimal_split(p: dict, c: np.ndarray) -> dict:
-    """N_opt = G·(C/6)^a and D_opt = (C/6)^b / G (Hoffmann et al.; C = 6·N·D)."""
-    return {"N": p["G"] * (c / 6) ** p["a"], "D": (c / 6) ** p["b"] / p["G"]}
 
 
 def band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

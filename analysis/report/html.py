@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -16,6 +15,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from analysis.records import TRIALS, Role, Status
 from analysis.report.data import ReportData
 from analysis.report.figures import data_unit
 from analysis.report.style import sci
@@ -32,13 +32,15 @@ table.data th,table.data td{border-bottom:1px solid #eee;padding:3px 8px;text-al
 table.data th{cursor:pointer;position:sticky;top:0;background:#f6f6f6;user-select:none}
 table.data td.text,table.data th.text{text-align:left} table.data td.id{white-space:nowrap}
 .scroll{max-height:520px;overflow:auto;border:1px solid #ddd}
-.status-completed{color:#006d4e}.status-failed,.status-diverged,.status-collapsed{color:#b3400b;font-weight:600}
+STATUS_CSS
 .err{font-family:monospace;font-size:12px;color:#b3400b;text-align:left;max-width:420px;white-space:pre-wrap}
 .warn{color:#8a5a00} pre{background:#f6f6f6;padding:10px;overflow:auto;font-size:12px}
 .samples{display:flex;flex-wrap:wrap;gap:16px} figure{margin:0;text-align:center;font-size:12px}
 figure img{image-rendering:pixelated;width:192px;border:1px solid #ccc}
 .note{font-size:13px;color:#555}
 """
+CSS = CSS.replace("STATUS_CSS", f".status-{Status.COMPLETED}{{color:#006d4e}}"
+                  + ",".join(f".status-{s}" for s in Status if s.bad) + "{color:#b3400b;font-weight:600}")
 SORT_JS = """
 document.querySelectorAll('table.data').forEach(function(table){
   table.querySelectorAll('th').forEach(function(th, col){
@@ -85,27 +87,27 @@ def page(data: ReportData, fits: list[FitResult], fit_error: str | None, section
 
 
 def _compute_spent(t, done) -> str:
-    paid = "flops_paid" in t and "role" in t and bool((t["role"] != "point").any())
-    text = f"{sci(done['flops_paid' if paid else 'flops'].sum())} FLOPs in completed trials"
+    paid = TRIALS.flops_paid in t and TRIALS.role in t and bool((t[TRIALS.role] != Role.POINT).any())
+    text = f"{sci(done[TRIALS.flops_paid if paid else TRIALS.flops].sum())} FLOPs in completed trials"
     if paid:  # wsd ladders and LR searches: what was paid differs from what the points represent
-        points = done[done["role"].isin(["point", "branch"])]
-        text += f", for fit points that represent {sci(points['flops'].sum())} FLOPs"
+        points = done[done[TRIALS.role].isin([r.value for r in Role if r.fit_point])]
+        text += f", for fit points that represent {sci(points[TRIALS.flops].sum())} FLOPs"
     return text + (" (trials that did not complete are not counted)" if len(done) < len(t) else "")
 
 
 def header(data: ReportData) -> str:
     t = data.trials
-    counts = t["status"].value_counts()
-    done = t[t["status"] == "completed"]
+    counts = t[TRIALS.status].value_counts()
+    done = t[t[TRIALS.status] == Status.COMPLETED]
     started, finished = _times(t)
     wall = sum(float(r.get("wall_s", 0) or 0) for r in data.runs)
     rows = [
-        ("family", ", ".join(esc(f) for f in t["family"].dropna().unique()) if "family" in t else "–"),
+        ("family", ", ".join(esc(f) for f in t[TRIALS.family].dropna().unique()) if TRIALS.family in t else "–"),
         ("trials", f"{len(t)}: " + ", ".join(f"{n} {esc(s)}" for s, n in counts.items())),
         ("dates", f"{started} → {finished}"),
-        ("compute spent", _compute_spent(t, done) if "flops" in t else "–"),
+        ("compute spent", _compute_spent(t, done) if TRIALS.flops in t else "–"),
         ("wall time", (f"{wall:.0f} s over {len(data.runs)} run(s) of the sweep; " if data.runs else "")
-                      + (f"{t['wall_s'].sum():.0f} trial-seconds" if "wall_s" in t else "")),
+                      + (f"{t[TRIALS.wall_s].sum():.0f} trial-seconds" if TRIALS.wall_s in t else "")),
         ("resources", _resources(data)),
     ]
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
@@ -118,7 +120,7 @@ def _times(t: pd.DataFrame) -> tuple[str, str]:
     def fmt(series, pick):
         s = pd.to_datetime(series, utc=True, errors="coerce").dropna() if series is not None else pd.Series([])
         return pick(s).strftime("%Y-%m-%d %H:%M:%S UTC") if len(s) else "–"
-    return fmt(t.get("started_at"), min), fmt(t.get("finished_at"), max)
+    return fmt(t.get(TRIALS.started_at), min), fmt(t.get(TRIALS.finished_at), max)
 
 
 def _resources(data: ReportData) -> str:
@@ -128,15 +130,16 @@ def _resources(data: ReportData) -> str:
         res = last.get("resources", {})
         parts.append(f"Ray at {esc(last.get('address') or 'embedded local')}: {sci(res.get('CPU', 0))} CPUs, "
                      f"{sci(res.get('GPU', 0))} GPUs")
-    if {"workers", "cpus_per_worker", "gpus_per_worker"} <= set(t.columns):
-        per = t.groupby(["workers", "cpus_per_worker", "gpus_per_worker"]).size()
+    per_trial = [TRIALS.workers, TRIALS.cpus_per_worker, TRIALS.gpus_per_worker]
+    if set(per_trial) <= set(t.columns):
+        per = t.groupby(per_trial).size()
         parts.append("per trial: " + "; ".join(f"{w} worker(s) × {c:g} CPU, {g:g} GPU ({n} trials)"
                                                for (w, c, g), n in per.items()))
-    if "zero_stage" in t and "precision" in t:
-        parts.append("DeepSpeed: " + ", ".join(f"ZeRO-{z} {esc(p)}" for z, p in
-                                              t[["zero_stage", "precision"]].drop_duplicates().itertuples(index=False)))
-    if "node_id" in t:
-        nodes = t["node_id"].replace("", pd.NA).dropna().nunique()
+    if TRIALS.zero_stage in t and TRIALS.precision in t:
+        parts.append("DeepSpeed: " + ", ".join(f"ZeRO-{z} {esc(p)}" for z, p in t[[TRIALS.zero_stage, TRIALS.precision]]
+                                              .drop_duplicates().itertuples(index=False)))
+    if TRIALS.node_id in t:
+        nodes = t[TRIALS.node_id].replace("", pd.NA).dropna().nunique()
         parts.append(f"{nodes} Ray node(s) ran trials")
     return "<br>".join(parts) or "–"
 
@@ -144,24 +147,25 @@ def _resources(data: ReportData) -> str:
 # --- tables -----------------------------------------------------------------------------
 
 def trial_table(t: pd.DataFrame) -> str:
-    columns = [("trial", "trial_id", True), ("status", "status", True), ("shape", None, True),
-               ("N", "n_params", False), ("D", "tokens", False), ("C, FLOPs", "flops", False),
-               ("final loss", "final_loss", False), ("wall, s", "wall_s", False),
-               (f"{data_unit(t)}/s", "tokens_per_s", False), ("node", "node_id", True),
-               ("error or caveats", "error", True)]
+    columns = [("trial", TRIALS.trial_id, True), ("status", TRIALS.status, True), ("shape", None, True),
+               ("N", TRIALS.n_params, False), ("D", TRIALS.data_units, False), ("C, FLOPs", TRIALS.flops, False),
+               ("final loss", TRIALS.final_loss, False), ("wall, s", TRIALS.wall_s, False),
+               (f"{data_unit(t)}/s", TRIALS.data_units_per_s, False), ("node", TRIALS.node_id, True),
+               ("error or caveats", TRIALS.error, True)]
     head = "".join(f'<th class="{"text" if text else ""}">{esc(name)}</th>' for name, _, text in columns)
     body = []
-    for row in t.sort_values(["n_params", "tokens"] if {"n_params", "tokens"} <= set(t) else "trial_id").to_dict("records"):
+    order = [TRIALS.n_params, TRIALS.data_units] if {TRIALS.n_params, TRIALS.data_units} <= set(t) else TRIALS.trial_id
+    for row in t.sort_values(order).to_dict("records"):
         cells = []
         for name, col, text in columns:
             value = _shape(row) if col is None else row.get(col, "")
-            if col == "node_id":
+            if col == TRIALS.node_id:
                 value = str(value or "")[:8]
-            if col == "error" and not value:  # a completed trial's flags (a GAN's mode collapse)
-                value = row.get("caveats", "") or ""
+            if col == TRIALS.error and not value:  # a completed trial's flags (a GAN's mode collapse)
+                value = row.get(TRIALS.caveats, "") or ""
             shown = _cell(value, col)
-            css = ("err" if col == "error" else f"text status-{esc(value)}" if col == "status"
-                   else "text id" if col == "trial_id" else "text" if text else "")
+            css = ("err" if col == TRIALS.error else f"text status-{esc(value)}" if col == TRIALS.status
+                   else "text id" if col == TRIALS.trial_id else "text" if text else "")
             cells.append(f'<td class="{css}" data-v="{esc(_sort_key(value))}">{shown}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<p class="note">Click a column to sort.</p><div class="scroll"><table class="data" id="trials">'
@@ -169,20 +173,19 @@ def trial_table(t: pd.DataFrame) -> str:
 
 
 def _shape(row: dict) -> str:
-    try:
-        shape = json.loads(row.get("config") or "{}").get("shape", {})
-    except (TypeError, ValueError):
-        shape = {}
-    return " ".join(f"{k}={v}" for k, v in shape.items())
+    """The shape columns of a row (``shape_<field>``), as field=value."""
+    prefix = TRIALS.shape("")
+    return " ".join(f"{k[len(prefix):]}={v}" for k, v in row.items()
+                    if k.startswith(prefix) and v is not None and not (isinstance(v, float) and pd.isna(v)))
 
 
 def _cell(value, col) -> str:
     if isinstance(value, float):
         if pd.isna(value):
             return "–"
-        if col in ("final_loss",):
+        if col == TRIALS.final_loss:
             return f"{value:.4f}"
-        if col == "wall_s":
+        if col == TRIALS.wall_s:
             return f"{value:.1f}"
         return sci(value)
     return esc(value if value is not None else "")
@@ -220,9 +223,10 @@ def fit_table(fits: list[FitResult]) -> str:
 
 
 def sample_grids(data: ReportData) -> str:
-    t = data.trials.set_index("trial_id")
-    order = sorted(data.samples, key=lambda tid: (float(t["n_params"].get(tid, 0)) if "n_params" in t else 0,
-                                                   float(t["tokens"].get(tid, 0)) if "tokens" in t else 0, tid))
+    t = data.trials.set_index(TRIALS.trial_id)
+    order = sorted(data.samples, key=lambda tid: (float(t[TRIALS.n_params].get(tid, 0)) if TRIALS.n_params in t else 0,
+                                                   float(t[TRIALS.data_units].get(tid, 0)) if TRIALS.data_units in t
+                                                   else 0, tid))
     blocks = []
     for tid in order:
         figs = []
@@ -232,6 +236,6 @@ def sample_grids(data: ReportData) -> str:
                 continue
             uri = "data:image/png;base64," + base64.b64encode(png).decode()
             figs.append(f'<figure><img alt="{esc(caption)}" src="{uri}"><figcaption>{esc(caption)}</figcaption></figure>')
-        n = sci(float(t["n_params"][tid])) if "n_params" in t and tid in t.index else "?"
+        n = sci(float(t[TRIALS.n_params][tid])) if TRIALS.n_params in t and tid in t.index else "?"
         blocks.append(f"<h3>{esc(tid)} (N={n})</h3><div class=\"samples\">{''.join(figs)}</div>")
     return "".join(blocks)

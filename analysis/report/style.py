@@ -51,11 +51,11 @@ def sci(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def axis_label(var: str, data_unit: str = "tokens") -> str:
+def axis_label(var: str, data_unit: str = "data units") -> str:
     return {"N": "N, parameters (the scaling N)",
             "D": f"D, {data_unit} trained",
             "C": "C, training FLOPs"}[var]
 
 
-def loss_label(loss_unit: str = "nats/token") -> str:
+def loss_label(loss_unit: str) -> str:
     return f"held-out loss ({loss_unit})"

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.records import EVALS, TRIALS, Status
+
 TRUTH = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 400.0, "beta": 0.28}
 HOSTILE = "<script>window.__injected = 1</script><img src=x onerror=\"window.__injected = 2\">"
 
@@ -59,9 +61,8 @@ def make_results(folder: Path, *, budgets=(1e17, 1e18, 1e19, 1e20), sizes_per_bu
     failed.update(status="failed", error=f"RuntimeError: boom {HOSTILE}")
     trials.append(failed)
     folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(trials).to_parquet(folder / "trials.parquet", index=False)
-    pd.DataFrame(evals, columns=["trial_id", "step", "tokens", "flops", "metric", "value"]).to_parquet(
-        folder / "evals.parquet", index=False)
+    pd.DataFrame(trials).to_parquet(folder / TRIALS.file, index=False)
+    pd.DataFrame(evals, columns=EVALS.names).to_parquet(folder / EVALS.file, index=False)
     (folder / "spec.yaml").write_text(f"name: synthetic\n# note: {HOSTILE}\nmodel: {{sizes: []}}\n")
     (folder / "run.json").write_text(json.dumps({"runs": [
         {"started_at": "2026-11-23T10:00:00+00:00", "wall_s": 120.0, "address": None, "resumed": False,
@@ -79,10 +80,14 @@ def make_results(folder: Path, *, budgets=(1e17, 1e18, 1e19, 1e20), sizes_per_bu
 
 
 def _row(tid, n, d, c, loss) -> dict:
+    """Some of a trials.parquet row, as the contract names its columns (a report must cope
+    with tables that leave columns out)."""
     d_model = int(max(16, round((n / 24) ** 0.5 / 16) * 16))
-    return {"trial_id": tid, "sweep": "synthetic", "status": "completed", "error": "", "family": "transformer",
-            "data_unit": "tokens", "n_params": n, "tokens": float(d), "flops": float(c), "compute_budget": float(c),
-            "final_loss": loss, "wall_s": 10.0, "tokens_per_s": 1e4, "workers": 1, "cpus_per_worker": 1.0,
-            "gpus_per_worker": 0.0, "zero_stage": 0, "precision": "fp32", "node_id": "abc123",
-            "started_at": pd.Timestamp("2026-11-23T10:00:00Z"), "finished_at": pd.Timestamp("2026-11-23T10:02:00Z"),
-            "config": json.dumps({"shape": {"d_model": d_model, "n_layers": 2}})}
+    return {TRIALS.trial_id: tid, TRIALS.sweep: "synthetic", TRIALS.status: Status.COMPLETED.value,
+            TRIALS.error: "", TRIALS.family: "transformer", TRIALS.data_unit: "tokens", TRIALS.n_params: n,
+            TRIALS.data_units: float(d), TRIALS.flops: float(c), TRIALS.compute_budget: float(c),
+            TRIALS.final_loss: loss, TRIALS.wall_s: 10.0, TRIALS.data_units_per_s: 1e4, TRIALS.workers: 1,
+            TRIALS.cpus_per_worker: 1.0, TRIALS.gpus_per_worker: 0.0, TRIALS.zero_stage: 0, TRIALS.precision: "fp32",
+            TRIALS.node_id: "abc123", TRIALS.started_at: pd.Timestamp("2026-11-23T10:00:00Z"),
+            TRIALS.finished_at: pd.Timestamp("2026-11-23T10:02:00Z"),
+            TRIALS.shape("d_model"): d_model, TRIALS.shape("n_layers"): 2}

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from analysis.emergence import MetricSpec, analyse_series, big_bench_scores, detect
-from analysis.points import AnalysisError
-from tests.conftest import REPO
+from analysis.errors import UserError
 
 X = np.logspace(18, 23, 11)  # 11 scales, half a decade apart
 U = np.log10(X)
@@ -137,20 +134,31 @@ def test_loss_axis_reads_lower_loss_as_more_scale():
 
 def test_bad_tables_raise_analysis_errors():
     table = pd.DataFrame({"flops": X, "acc": ["x"] + [0.5] * 10})
-    with pytest.raises(AnalysisError, match="column 'acc' holds non-numeric values"):
+    with pytest.raises(UserError, match="column 'acc' holds non-numeric values"):
         detect(table, "flops", [MetricSpec("acc")])
-    with pytest.raises(AnalysisError, match=r"column\(s\) \['nope'\] not in the table"):
+    with pytest.raises(UserError, match=r"column\(s\) \['nope'\] not in the table"):
         detect(table, "flops", [MetricSpec("nope")])
-    with pytest.raises(AnalysisError, match="binomial errors of accuracies in \\[0, 1\\]"):
+    with pytest.raises(UserError, match="binomial errors of accuracies in \\[0, 1\\]"):
         analyse_series(X, np.linspace(0, 50, 11), MetricSpec("acc", n_items=100), axis="C")
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "cluster.cli", "emergence", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def _cli(capsys):
+    """``scalinglab emergence ARGS`` in this process: its exit status, stdout and stderr."""
+    from types import SimpleNamespace
+
+    from cluster.cli import main
+
+    def run(*args):
+        code = main(["emergence", *map(str, args)])
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+    return run
 
 
-def test_cli_on_a_table_prints_one_json_document(tmp_path):
+@pytest.mark.slow
+def test_cli_on_a_table_prints_one_json_document(tmp_path, _cli):
     rng = np.random.default_rng(0)
     acc = 0.25 + 0.6 / (1 + np.exp(-(U - 21.5) / 0.1))
     measured = rng.binomial(400, acc) / 400
@@ -178,7 +186,7 @@ def test_cli_on_a_table_prints_one_json_document(tmp_path):
     assert once.returncode == 0 and "acc vs flops (11 points): emergent" in once.stdout
 
 
-def test_cli_exit_status_2_for_bad_tables(tmp_path):
+def test_cli_exit_status_2_for_bad_tables(tmp_path, _cli):
     path = tmp_path / "bad.csv"
     pd.DataFrame({"flops": X, "acc": ["oops"] * 11}).to_csv(path, index=False)
     run = _cli(str(path), "--x-col", "flops", "--y-col", "acc")
@@ -190,17 +198,18 @@ def test_cli_exit_status_2_for_bad_tables(tmp_path):
     assert run.returncode == 2 and "--chance is given 3 times for 2 --y-col" in run.stderr
 
 
-def test_cli_on_a_sweep_folder_writes_emergence_json_for_the_report(tmp_path):
+@pytest.mark.slow
+def test_cli_on_a_sweep_folder_writes_emergence_json_for_the_report(tmp_path, _cli):
     from tests.analysis.report_data import make_results
 
-    folder = make_results(tmp_path / "sweep")
+    folder = make_results(tmp_path / "sweep", sizes_per_budget=3, samples=False)
     (folder / "emergence.json").unlink()
-    run = _cli(str(folder), "--format", "json")
+    run = _cli(str(folder), "--format", "json", "--bootstrap", "50")
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     assert json.loads((folder / "emergence.json").read_text()) == doc
     axes = {r["axis"] for r in doc["results"]}
-    assert axes == {"n_params", "tokens", "flops", "final_loss"}
+    assert axes == {"n_params", "data_units", "flops", "final_loss"}
     flops = {r["metric"]: r for r in doc["results"] if r["axis"] == "flops"}
     # the synthetic exact match jumps near C = 3e18 while its log-probability rises smoothly
     assert flops["addition/exact_match"]["verdict"] == "emergent"

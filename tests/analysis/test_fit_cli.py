@@ -12,7 +12,7 @@ from tests.analysis.test_laws import chinchilla_points
 
 @pytest.fixture
 def points_csv(tmp_path):
-    df = chinchilla_points(0, 0.0025).rename(columns={"n_params": "params", "final_loss": "loss"})
+    df = chinchilla_points(0, 0.0025).rename(columns={"n_params": "params", "data_units": "tokens", "final_loss": "loss"})
     df.loc[0, "loss"] = np.nan
     df.loc[1, "params"] = -5
     path = tmp_path / "points.csv"
@@ -44,7 +44,7 @@ def test_fit_json_is_one_document_in_the_documented_shape(points_csv, capsys):
 
 
 def test_fit_default_laws_and_text_summary(points_csv, capsys):
-    code = main(["fit", str(points_csv), "--n-col", "params", "--loss-col", "loss", "--bootstrap", "0"])
+    code = main(["fit", str(points_csv), "--n-col", "params", "--d-col", "tokens", "--loss-col", "loss", "--bootstrap", "0"])
     out = capsys.readouterr().out
     assert code == 0
     for law in ("chinchilla:", "power_N:", "power_D:", "kaplan_C:"):
@@ -58,7 +58,8 @@ def test_fit_default_laws_and_text_summary(points_csv, capsys):
     (["--predict", "X=3"], "expected comma-separated"),
 ])
 def test_fit_bad_input_exits_2_with_one_line(points_csv, capsys, args, message):
-    code = main(["fit", str(points_csv), "--loss-col", "loss", "--n-col", "params", *args, "--bootstrap", "0"])
+    code = main(["fit", str(points_csv), "--loss-col", "loss", "--n-col", "params", "--d-col", "tokens", *args,
+                 "--bootstrap", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert message in err[-1] and "Traceback" not in "\n".join(err)
@@ -77,7 +78,7 @@ def test_a_compute_only_table_fits_the_compute_laws_and_a_named_column_must_exis
 
 def test_fit_rejects_non_numeric_and_missing_files(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
-    pd.DataFrame({"n_params": ["a", "b"], "tokens": [1, 2], "final_loss": [1, 2]}).to_csv(bad, index=False)
+    pd.DataFrame({"n_params": ["a", "b"], "data_units": [1, 2], "final_loss": [1, 2]}).to_csv(bad, index=False)
     assert main(["fit", str(bad)]) == 2
     assert "not numeric" in capsys.readouterr().err
     assert main(["fit", str(tmp_path / "none.csv")]) == 2

@@ -6,8 +6,10 @@ import pytest
 from scipy.optimize import check_grad
 
 from analysis import lse_fit
+from analysis.errors import UserError
 from analysis.laws import LAWS, fit_lse_law
-from analysis.points import AnalysisError, Points, load_points
+from analysis.points import Points, load_points
+from tests.analysis.seeds import over_seeds
 
 TRUE = {"E": 1.7, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28}
 
@@ -17,12 +19,12 @@ def chinchilla_points(seed: int, noise: float, sizes: int = 6, budgets: int = 6)
     rng = np.random.default_rng(seed)
     n, d = (x.ravel() for x in np.meshgrid(np.geomspace(1e7, 1e10, sizes), np.geomspace(1e9, 1e12, budgets)))
     loss = TRUE["E"] + TRUE["A"] / n ** TRUE["alpha"] + TRUE["B"] / d ** TRUE["beta"]
-    return pd.DataFrame({"n_params": n, "tokens": d, "final_loss": loss * np.exp(rng.normal(0, noise, n.size))})
+    return pd.DataFrame({"n_params": n, "data_units": d, "final_loss": loss * np.exp(rng.normal(0, noise, n.size))})
 
 
 def test_analytic_gradient_matches_finite_differences():
     df = chinchilla_points(0, 0.01)
-    logx, logy = np.log(df[["n_params", "tokens"]].to_numpy()), np.log(df["final_loss"].to_numpy())
+    logx, logy = np.log(df[["n_params", "data_units"]].to_numpy()), np.log(df["final_loss"].to_numpy())
     rng = np.random.default_rng(1)
     for _ in range(5):
         p = rng.normal([0.5, 6, 0.3, 6, 0.3], 0.2)
@@ -32,27 +34,29 @@ def test_analytic_gradient_matches_finite_differences():
         assert check_grad(f, g, p) < 1e-6 * max(1.0, np.abs(g(p)).max())
 
 
+def _chinchilla_recovered(seed: int) -> bool:
+    r = fit_lse_law(LAWS["chinchilla"], load_points(chinchilla_points(seed, 0.0025)), bootstrap=0, held_out=False)
+    p = {k: v.value for k, v in r.params.items()}
+    return (abs(p["alpha"] / TRUE["alpha"] - 1) < 0.05 and abs(p["beta"] / TRUE["beta"] - 1) < 0.05
+            and abs(p["E"] / TRUE["E"] - 1) < 0.02)
+
+
 def test_chinchilla_recovers_the_truth_at_quarter_percent_noise():
-    hits = 0
-    for seed in range(20):
-        r = fit_lse_law(LAWS["chinchilla"], load_points(chinchilla_points(seed, 0.0025)), bootstrap=0,
-                        held_out=False)
-        p = {k: v.value for k, v in r.params.items()}
-        hits += (abs(p["alpha"] / TRUE["alpha"] - 1) < 0.05 and abs(p["beta"] / TRUE["beta"] - 1) < 0.05
-                 and abs(p["E"] / TRUE["E"] - 1) < 0.02)
-    assert hits >= 19
+    assert sum(over_seeds(_chinchilla_recovered, range(20))) >= 19
+
+
+def _chinchilla_covers(seed: int) -> bool:
+    r = fit_lse_law(LAWS["chinchilla"], load_points(chinchilla_points(seed, 0.01)), bootstrap=200,
+                    seed=seed, check_resamples=0, held_out=False, workers=1)
+    return all(r.params[k].low <= TRUE[k] <= r.params[k].high for k in ("alpha", "beta", "E"))
 
 
 @pytest.mark.slow
 def test_chinchilla_intervals_cover_the_truth_at_one_percent_noise():
-    covered = 0
-    for seed in range(20):
-        r = fit_lse_law(LAWS["chinchilla"], load_points(chinchilla_points(seed, 0.01)), bootstrap=200,
-                        seed=seed, check_resamples=0, held_out=False, workers=1)
-        covered += all(r.params[k].low <= TRUE[k] <= r.params[k].high for k in ("alpha", "beta", "E"))
-    assert covered >= 17
+    assert sum(over_seeds(_chinchilla_covers, range(20))) >= 17
 
 
+@pytest.mark.slow
 def test_warm_started_bootstrap_matches_a_cold_started_one():
     """The stopping rule matters: with scipy's default tolerances, warm-started refits barely
     move from the full-data optimum and the intervals collapse. Ours must match cold starts."""
@@ -75,36 +79,38 @@ def test_allocation_exponents_follow_from_alpha_and_beta():
     assert r.derived["a"].value + r.derived["b"].value == pytest.approx(1.0)
 
 
+def _power_n_recovered(seed: int) -> bool:
+    rng = np.random.default_rng(seed)
+    n = np.geomspace(1e6, 1e10, 9)
+    loss = (2.0 + 300 / n ** 0.3) * np.exp(rng.normal(0, 0.0025, n.size))
+    df = pd.DataFrame({"n_params": n, "data_units": 1e9, "final_loss": loss})
+    r = fit_lse_law(LAWS["power_N"], load_points(df), bootstrap=0)
+    return abs(r.params["alpha"].value / 0.3 - 1) < 0.05 and abs(r.params["E"].value / 2.0 - 1) < 0.02
+
+
 def test_single_variable_laws_recover_their_exponents():
-    rng = np.random.default_rng(0)
-    hits = 0
-    for seed in range(20):
-        rng = np.random.default_rng(seed)
-        n = np.geomspace(1e6, 1e10, 9)
-        loss = (2.0 + 300 / n ** 0.3) * np.exp(rng.normal(0, 0.0025, n.size))
-        df = pd.DataFrame({"n_params": n, "tokens": 1e9, "final_loss": loss})
-        r = fit_lse_law(LAWS["power_N"], load_points(df), bootstrap=0)
-        hits += abs(r.params["alpha"].value / 0.3 - 1) < 0.05 and abs(r.params["E"].value / 2.0 - 1) < 0.02
-    assert hits >= 19
+    assert sum(over_seeds(_power_n_recovered, range(20))) >= 19
     # the pure form without E: an exact power law is recovered exactly
-    df = pd.DataFrame({"n_params": n, "tokens": 1e9, "final_loss": 50 * n ** -0.2})
+    n = np.geomspace(1e6, 1e10, 9)
+    df = pd.DataFrame({"n_params": n, "data_units": 1e9, "final_loss": 50 * n ** -0.2})
     r = fit_lse_law(LAWS["kaplan_N"], load_points(df), bootstrap=0)
     assert r.params["alpha"].value == pytest.approx(0.2, rel=1e-4) and "E" not in r.params
     assert r.r2_log == pytest.approx(1.0)
 
 
+def _power_n_covers(seed: int) -> bool:
+    rng = np.random.default_rng(100 + seed)
+    n = np.geomspace(1e6, 1e10, 9)
+    loss = (2.0 + 300 / n ** 0.3) * np.exp(rng.normal(0, 0.01, n.size))
+    df = pd.DataFrame({"n_params": n, "data_units": 1e9, "final_loss": loss})
+    r = fit_lse_law(LAWS["power_N"], load_points(df), bootstrap=200, seed=seed,
+                    check_resamples=0, held_out=False, workers=1)
+    return r.params["alpha"].low <= 0.3 <= r.params["alpha"].high and r.params["E"].low <= 2.0 <= r.params["E"].high
+
+
 @pytest.mark.slow
 def test_single_variable_intervals_cover_the_truth_at_one_percent_noise():
-    covered = 0
-    for seed in range(20):
-        rng = np.random.default_rng(100 + seed)
-        n = np.geomspace(1e6, 1e10, 9)
-        loss = (2.0 + 300 / n ** 0.3) * np.exp(rng.normal(0, 0.01, n.size))
-        df = pd.DataFrame({"n_params": n, "tokens": 1e9, "final_loss": loss})
-        r = fit_lse_law(LAWS["power_N"], load_points(df), bootstrap=200, seed=seed,
-                        check_resamples=0, held_out=False, workers=1)
-        covered += r.params["alpha"].low <= 0.3 <= r.params["alpha"].high and r.params["E"].low <= 2.0 <= r.params["E"].high
-    assert covered >= 17
+    assert sum(over_seeds(_power_n_covers, range(20))) >= 17
 
 
 def test_predictions_say_how_far_they_extrapolate():
@@ -116,12 +122,12 @@ def test_predictions_say_how_far_they_extrapolate():
     truth = TRUE["E"] + TRUE["A"] / 1e11 ** 0.34 + TRUE["B"] / 1e12 ** 0.28
     assert first["loss"].value == pytest.approx(truth, rel=0.01)
     assert second["N"] * second["D"] * 6 == pytest.approx(1e24, rel=1e-6)  # compute-optimal split
-    assert second["tokens_per_param"] == pytest.approx(second["D"] / second["N"])
+    assert second["D_per_N"] == pytest.approx(second["D"] / second["N"])
 
 
 def test_too_few_points_is_a_clear_error():
     df = chinchilla_points(0, 0.01).head(5)
-    with pytest.raises(AnalysisError, match="needs at least 6"):
+    with pytest.raises(UserError, match="needs at least 6"):
         fit_lse_law(LAWS["chinchilla"], load_points(df), bootstrap=0)
 
 

@@ -9,8 +9,14 @@ import pytest
 
 from analysis.fit import fit_laws
 from analysis.laws import law_value
-from analysis.report import build_report, load_results, report_figures, write_report
-from analysis.report.allocation_figures import chinchilla_contours, frontier_figure, isoflop_figure, residuals_figure
+from analysis.records import EVALS, LOSS, TRIALS, Status
+from analysis.report import build_report, fit_and_report, load_results, report_figures
+from analysis.report.allocation_figures import (
+    chinchilla_contours,
+    frontier_figure,
+    isoflop_figure,
+    residuals_figure,
+)
 from analysis.report.emergence_figures import capability_tasks, emergence_figure
 from analysis.report.figures import scaling_figure, training_curves
 from tests.analysis.report_data import HOSTILE, make_results
@@ -39,27 +45,27 @@ def _by_name(fig, name):
 def test_training_curves_have_two_traces_per_trial_matching_the_evals(data):
     fig = training_curves(data.trials, data.evals)
     curves = [t for t in fig.data if t.name]
-    loss = data.evals[data.evals["metric"] == "loss"]
-    assert len(curves) == 2 * loss["trial_id"].nunique()
+    loss = data.evals[data.evals[EVALS.metric] == LOSS]
+    assert len(curves) == 2 * loss[EVALS.trial_id].nunique()
     for trace in curves:
-        rows = loss[loss["trial_id"] == trace.name].sort_values("step")
-        assert list(trace.y) == pytest.approx(rows["value"].tolist())
-        assert list(trace.x) in (pytest.approx(rows["tokens"].tolist()), pytest.approx(rows["flops"].tolist()))
+        rows = loss[loss[EVALS.trial_id] == trace.name].sort_values(EVALS.step)
+        assert list(trace.y) == pytest.approx(rows[EVALS.value].tolist())
+        assert list(trace.x) in (pytest.approx(rows[EVALS.data_units].tolist()), pytest.approx(rows[EVALS.flops].tolist()))
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
     # one colour per size: the smallest and the largest N differ
-    ran = data.trials[data.trials["trial_id"].isin(loss["trial_id"])].sort_values("n_params")
-    small, large = _by_name(fig, ran.iloc[0]["trial_id"])[0], _by_name(fig, ran.iloc[-1]["trial_id"])[0]
+    ran = data.trials[data.trials[TRIALS.trial_id].isin(loss[EVALS.trial_id])].sort_values(TRIALS.n_params)
+    small, large = _by_name(fig, ran.iloc[0][TRIALS.trial_id])[0], _by_name(fig, ran.iloc[-1][TRIALS.trial_id])[0]
     assert small.line.color != large.line.color
 
 
 def test_scaling_figure_points_match_completed_trials_and_laws_are_drawn(data, fits):
     fig = scaling_figure(data.trials, fits, "C")
-    done = data.trials[data.trials["status"] == "completed"]
+    done = data.trials[data.trials[TRIALS.status] == Status.COMPLETED]
     # 20 distinct N (an isoflop sweep): one series of points coloured by N, not 20 series
     points = [t for t in fig.data if t.mode == "markers" and t.name == "trials"]
     assert len(points) == 1 and len(set(points[0].marker.color)) == 20
     xs = sorted(x for t in points for x in t.x)
-    assert xs == pytest.approx(sorted(done["flops"]))
+    assert xs == pytest.approx(sorted(done[TRIALS.flops]))
     chin = next(f for f in fits if f.law == "chinchilla")
     line = _by_name(fig, "chinchilla, compute-optimal N and D")[0]
     # the frontier curve is the law at the compute-optimal split of each C
@@ -84,7 +90,8 @@ def test_predictions_are_drawn_with_their_interval_and_the_extrapolation_is_shad
     assert marker.x[0] == 1e10 and marker.y[0] == pytest.approx(target["loss"].value)
     assert marker.error_y.array[0] == pytest.approx(target["loss"].high - target["loss"].value)
     shaded = [s for s in fig.layout.shapes if s.type == "rect"]
-    assert len(shaded) == 1 and shaded[0].x0 == pytest.approx(data.trials["n_params"][data.trials["status"] == "completed"].max())
+    completed = data.trials[TRIALS.status] == Status.COMPLETED
+    assert len(shaded) == 1 and shaded[0].x0 == pytest.approx(data.trials[TRIALS.n_params][completed].max())
     assert shaded[0].x1 == pytest.approx(1e10)
     # without targets nothing is shaded
     plain = fit_laws(data.trials, laws=["kaplan_C"], bootstrap=0, log=lambda m: None)
@@ -128,11 +135,12 @@ def test_residuals_are_observed_over_fitted(data, fits):
     fig = residuals_figure(data.trials, fits)
     trace = _by_name(fig, "chinchilla")[0]
     chin = next(f for f in fits if f.law == "chinchilla")
-    done = data.trials[data.trials["status"] == "completed"].set_index("trial_id")
+    done = data.trials[data.trials[TRIALS.status] == Status.COMPLETED].set_index(TRIALS.trial_id)
     for tid, y in zip(trace.customdata[:, 0], trace.y):
         row = done.loc[tid]
-        pred = law_value("chinchilla", {k: v.value for k, v in chin.params.items()}, N=row["n_params"], D=row["tokens"])
-        assert y == pytest.approx(row["final_loss"] / float(pred) - 1)
+        pred = law_value("chinchilla", {k: v.value for k, v in chin.params.items()}, N=row[TRIALS.n_params],
+                         D=row[TRIALS.data_units])
+        assert y == pytest.approx(row[TRIALS.final_loss] / float(pred) - 1)
     assert max(abs(np.asarray(trace.y))) < 0.03  # 0.5% noise around the true law
 
 
@@ -143,7 +151,7 @@ def test_emergence_panel_puts_the_discontinuous_metric_first_and_draws_flags(dat
     lines = [s for s in fig.layout.shapes if s.type == "line"]
     assert len(lines) == 1 and lines[0].x0 == 1.5e18
     first = fig.data[0]
-    done = data.trials[data.trials["status"] == "completed"]
+    done = data.trials[data.trials[TRIALS.status] == Status.COMPLETED]
     assert len(first.x) == len(done)
     assert any("emergent: onset 1.5e+18" in a.text for a in fig.layout.annotations)
 
@@ -161,21 +169,21 @@ def test_report_has_every_section_and_escapes_user_text(data, fits):
 
 
 def test_sections_without_data_are_left_out(tmp_path):
-    trials = pd.DataFrame({"trial_id": ["a", "b"], "status": ["completed", "failed"], "n_params": [1e6, 2e6],
-                           "tokens": [1e8, 1e8], "flops": [6e14, 1.2e15], "final_loss": [3.0, np.nan],
-                           "error": ["", "boom"]})
-    trials.to_parquet(tmp_path / "trials.parquet")
-    out = write_report(tmp_path, tmp_path / "r.html", bootstrap=0, log=lambda m: None)
-    page = out.read_text()
+    trials = pd.DataFrame({TRIALS.trial_id: ["a", "b"], TRIALS.status: ["completed", "failed"],
+                           TRIALS.n_params: [1e6, 2e6], TRIALS.data_units: [1e8, 1e8], TRIALS.flops: [6e14, 1.2e15],
+                           TRIALS.final_loss: [3.0, np.nan], TRIALS.error: ["", "boom"]})
+    trials.to_parquet(tmp_path / TRIALS.file)
+    out = fit_and_report(tmp_path, out=tmp_path / "r.html", bootstrap=0, log=lambda m: None).report
+    page = open(out).read()
     assert "<h2>Trials</h2>" in page and "Training curves" not in page and "<h2>Fits</h2>" not in page
     assert "No scaling-law fit:" in page and "boom" in page
-    assert not list(tmp_path.glob(".r.html.*.tmp"))
+    assert not list(tmp_path.glob(".r.html.tmp*"))
 
 
 def test_a_folder_without_trials_is_a_clear_error(tmp_path):
-    from analysis.points import AnalysisError
+    from analysis.errors import UserError
 
-    with pytest.raises(AnalysisError, match="trials.parquet"):
+    with pytest.raises(UserError, match="trials.parquet"):
         load_results(tmp_path)
 
 
@@ -202,11 +210,11 @@ def test_report_reuses_the_sweeps_current_fits_and_refits_stale_ones(tmp_path, f
     fits_json = folder / "fits.json"
     fits_json.write_text(json.dumps({"fits": [f.to_json(with_samples=True) for f in fits]}))
     said = []
-    page = write_report(folder, tmp_path / "a.html", log=said.append).read_text()
+    page = open(fit_and_report(folder, out=tmp_path / "a.html", log=said.append).report).read()
     assert any("using the sweep's fits" in line for line in said) and "fill\":\"tonexty" in page
     # a trials table newer than the fits (a resumed sweep) means a fresh fit
     later = fits_json.stat().st_mtime + 10
-    os.utime(folder / "trials.parquet", (later, later))
+    os.utime(folder / TRIALS.file, (later, later))
     said.clear()
-    write_report(folder, tmp_path / "b.html", bootstrap=0, log=said.append)
+    fit_and_report(folder, out=tmp_path / "b.html", bootstrap=0, log=said.append)
     assert any("fitting laws" in line for line in said)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.report import write_report
+from analysis.records import TRIALS
+from analysis.report import fit_and_report
 from analysis.report.browser import chromium_path, render_check, sort_check
 from tests.analysis.report_data import make_results
 from tests.conftest import REPO
@@ -26,11 +27,12 @@ def _need_browser():
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_report_renders_offline_in_chromium_with_every_figure_drawn(tmp_path):
     _need_browser()
     folder = make_results(tmp_path / "synthetic")
-    report = write_report(folder, tmp_path / "report.html", predict=["N=1e10,D=2e11", "C=1e22"], bootstrap=40,
-                          log=lambda m: None)
+    report = fit_and_report(folder, out=tmp_path / "report.html", predict=["N=1e10,D=2e11", "C=1e22"],
+                            bootstrap=40, log=lambda m: None).report
     check = render_check(report, screenshot=ARTIFACTS / "report.png")
     assert check.console_errors == []
     assert check.requests == []  # nothing but the file itself
@@ -42,13 +44,14 @@ def test_report_renders_offline_in_chromium_with_every_figure_drawn(tmp_path):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_trial_table_sorts_on_click(tmp_path):
     _need_browser()
     folder = make_results(tmp_path / "synthetic", capability=False, samples=False)
-    report = write_report(folder, tmp_path / "report.html", bootstrap=0, log=lambda m: None)
+    report = fit_and_report(folder, out=tmp_path / "report.html", bootstrap=0, log=lambda m: None).report
     before, after = sort_check(report, column=6)  # final loss, ascending; the failed trial's "–" sorts last
     assert sorted(before) == sorted(after) and before != after
     import pandas as pd
 
-    trials = pd.read_parquet(folder / "trials.parquet").dropna(subset=["final_loss"])
-    assert after[0] == trials.sort_values("final_loss").iloc[0]["trial_id"]
+    trials = pd.read_parquet(folder / TRIALS.file).dropna(subset=[TRIALS.final_loss])
+    assert after[0] == trials.sort_values(TRIALS.final_loss).iloc[0][TRIALS.trial_id]

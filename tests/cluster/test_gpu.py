@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis.records import TRIALS, Status
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.gpu, pytest.mark.ray, pytest.mark.slow,
@@ -28,5 +29,5 @@ def test_bf16_trial_on_one_gpu(write_spec, tmp_path):
     run = subprocess.run([sys.executable, "-m", "cluster.cli", "sweep", str(spec), "--storage", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    row = pd.read_parquet(tmp_path / "out" / "trials.parquet").iloc[0]
-    assert row["status"] == "completed" and row["precision"] == "bf16" and row["gpus_per_worker"] == 1
+    row = pd.read_parquet(tmp_path / "out" / TRIALS.file).iloc[0]
+    assert row[TRIALS.status] == Status.COMPLETED and row[TRIALS.precision] == "bf16" and row[TRIALS.gpus_per_worker] == 1

@@ -21,6 +21,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from analysis.records import TRIALS, Status
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -82,7 +83,8 @@ def _agent_ports() -> list[str]:
 @contextlib.contextmanager
 def two_node_cluster(private_dir: Path | None = None):
     """A head and a second node. With ``private_dir``, the second node runs in its own mount
-    namespace with an empty tmpfs over that folder: a node-local path, as on a real cluster."""
+    namespace with an empty tmpfs over that folder: a node-local path, as on a real cluster
+    (every other path is shared by the two)."""
     temp = tempfile.mkdtemp(prefix="sl-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dashboard = _free_port(), _free_port()
     try:
@@ -109,14 +111,20 @@ def two_node_cluster(private_dir: Path | None = None):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture
-def two_nodes():
-    with two_node_cluster() as addresses:
-        yield addresses
+CAN_UNSHARE = os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """One two-node cluster for the module: (dashboard address, GCS address, a folder that only
+    the head sees, or None where a private mount namespace cannot be made)."""
+    private = tmp_path_factory.mktemp("node-local") / "local-to-each-node" if CAN_UNSHARE else None
+    with two_node_cluster(private_dir=private) as (address, gcs):
+        yield address, gcs, private
 
 
 def test_submitted_sweep_runs_on_both_nodes(two_nodes, write_spec, tmp_path):
-    address, gcs = two_nodes
+    address, gcs, _ = two_nodes
     # --dry-run against the live cluster: a worker of 2 CPUs fits no node (each has one)
     big = write_spec("name: big\nmodel: {sizes: [{d_model: 16, n_layers: 1, n_heads: 1}]}\nbudgets: {tokens: [8192]}\n"
                      "training: {batch_size: 4, seq_len: 32}\nresources: {cpus_per_worker: 2}\n", name="big.yaml")
@@ -141,10 +149,10 @@ def test_submitted_sweep_runs_on_both_nodes(two_nodes, write_spec, tmp_path):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     assert "submitted sweep multinode (2 trials) as Ray job raysubmit_" in run.stdout
     assert "2 trials: 2 completed" in run.stdout and "SUCCEEDED" in run.stdout
-    trials = pd.read_parquet(out / "trials.parquet")
-    assert (trials["status"] == "completed").all() and trials["final_loss"].notna().all()
+    trials = pd.read_parquet(out / TRIALS.file)
+    assert (trials[TRIALS.status] == Status.COMPLETED).all() and trials[TRIALS.final_loss].notna().all()
     # one CPU per node and one CPU per trial: the two trials ran at once, one on each node
-    assert trials["node_id"].nunique() == 2, trials[["trial_id", "node_id"]]
+    assert trials[TRIALS.node_id].nunique() == 2, trials[[TRIALS.trial_id, TRIALS.node_id]]
     runs = json.loads((out / "run.json").read_text())["runs"]
     assert runs[0]["address"] == "auto" and runs[0]["resources"]["CPU"] == 2
     assert (out / "report.html").is_file()
@@ -159,29 +167,33 @@ def test_submitted_sweep_runs_on_both_nodes(two_nodes, write_spec, tmp_path):
     assert "2 trials: 2 completed" in logs.stdout
 
 
-def test_submit_refuses_a_bad_spec_and_relative_storage_before_submitting(write_spec, tmp_path):
-    spec = write_spec("name: bad\nmodel: {sizes: []}\n")
-    run = subprocess.run([str(BIN / "scalinglab"), "submit", str(spec), "--address", "http://127.0.0.1:9",
-                          "--storage", "/shared/x"], env=_env(), capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "at least one model size" in run.stderr
+def test_submit_refuses_a_bad_spec_relative_paths_and_no_dashboard_before_submitting(write_spec, tmp_path, capsys):
+    from cluster.cli import main
+
+    def submit(spec, storage) -> str:
+        assert main(["submit", str(spec), "--address", "http://127.0.0.1:9", "--storage", str(storage)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        return err
+
+    assert "at least one model size" in submit(write_spec("name: bad\nmodel: {sizes: []}\n"), "/shared/x")
     good = write_spec("name: ok\nmodel: {sizes: [{d_model: 16, n_layers: 1, n_heads: 1}]}\nbudgets: {tokens: [8192]}\n"
                       "training: {batch_size: 4, seq_len: 32}\n", name="ok.yaml")
-    run = subprocess.run([str(BIN / "scalinglab"), "submit", str(good), "--address", "http://127.0.0.1:9",
-                          "--storage", "relative/out"], env=_env(), capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "relative" in run.stderr
-    run = subprocess.run([str(BIN / "scalinglab"), "submit", str(good), "--address", "http://127.0.0.1:9",
-                          "--storage", str(tmp_path / "out")], env=_env(), capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "cannot reach Ray's dashboard" in run.stderr
+    assert "relative" in submit(good, "relative/out")
+    assert "cannot reach Ray's dashboard" in submit(good, tmp_path / "out")
+    (tmp_path / "notes.txt").write_text("some text\n" * 100)
+    files = write_spec("name: f\nmodel: {sizes: [{d_model: 16, n_layers: 1, n_heads: 1}]}\nbudgets: {tokens: [8192]}\n"
+                       "data: {source: files, paths: [notes.txt]}\ntraining: {batch_size: 4, seq_len: 32}\n", name="f.yaml")
+    assert "data.paths.0: notes.txt is relative" in submit(files, tmp_path / "out")
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)")
-def test_node_local_storage_is_refused_before_any_trial_runs(write_spec, tmp_path):
-    private = tmp_path / "local-to-each-node"
+@pytest.mark.skipif(not CAN_UNSHARE, reason="needs root and unshare(1)")
+def test_node_local_storage_is_refused_before_any_trial_runs(two_nodes, write_spec):
+    _, gcs, private = two_nodes
     spec = write_spec("name: local\nmodel: {sizes: [{d_model: 16, n_layers: 1, n_heads: 1}]}\n"
                       "budgets: {tokens: [8192]}\ntraining: {batch_size: 4, seq_len: 32}\n")
-    with two_node_cluster(private_dir=private) as (_, gcs):
-        run = subprocess.run([str(BIN / "scalinglab"), "sweep", str(spec), "--address", gcs, "--storage",
-                              str(private / "out")], env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    run = subprocess.run([str(BIN / "scalinglab"), "sweep", str(spec), "--address", gcs, "--storage",
+                          str(private / "out")], env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-3000:]
     assert "is node-local: 1 of 2 Ray nodes cannot see it" in run.stderr and "s3://" in run.stderr
     assert not (private / "out" / "plan.json").exists() and not (private / "out" / "trials.parquet").exists()

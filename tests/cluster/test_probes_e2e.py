@@ -1,5 +1,5 @@
-"""Capability probes through a real sweep (CLI, embedded Ray, DeepSpeed), then the detector on
-the results folder."""
+"""Capability probes through a real sweep (the CLI on the shared embedded Ray, DeepSpeed), then
+the detector on the results folder."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import json
 import pandas as pd
 import pytest
 
-from tests.cluster.test_sweep_e2e import _cli
+from analysis.records import EVALS, capability_metric, stderr_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_probe_metrics_land_in_the_tables_and_the_detector_reads_them(write_spec, tmp_path):
+def test_probe_metrics_land_in_the_tables_and_the_detector_reads_them(write_spec, tmp_path, scalinglab):
     spec = write_spec("""\
         name: e2e-probes
         model:
@@ -26,34 +26,33 @@ def test_probe_metrics_land_in_the_tables_and_the_detector_reads_them(write_spec
         evaluation: {validation_tokens: 1024, points: 3}
         """)
     out = tmp_path / "out"
-    run = _cli("sweep", str(spec), "--storage", str(out), "--no-fit")
-    assert run.returncode == 0, run.stderr[-3000:]
-    evals = pd.read_parquet(out / "evals.parquet")
-    names = {f"{t}/{m}{s}" for t in ("addition", "recall") for m in ("exact_match", "logprob", "token_accuracy")
-             for s in ("", "_stderr")}
-    assert names <= set(evals["metric"])
-    per_trial = evals[evals.metric == "recall/exact_match"].groupby("trial_id")["step"].apply(list)
-    assert all(steps == [1, 8, 64] for steps in per_trial)  # at every evaluation point
-    acc = evals[evals.metric.str.endswith("/exact_match")]["value"]
+    code, _, stderr = scalinglab("sweep", spec, "--storage", out, "--no-fit")
+    assert code == 0, stderr[-3000:]
+    evals = pd.read_parquet(out / EVALS.file)
+    metrics = {capability_metric(t, m) for t in ("addition", "recall") for m in ("exact_match", "logprob", "token_accuracy")}
+    assert metrics | {stderr_of(m) for m in metrics} <= set(evals[EVALS.metric])
+    recall = evals[evals[EVALS.metric] == "recall/exact_match"]
+    assert all(steps == [1, 8, 64] for steps in recall.groupby(EVALS.trial_id)[EVALS.step].apply(list))  # every point
+    acc = evals[evals[EVALS.metric].str.endswith("/exact_match")][EVALS.value]
     assert ((acc >= 0) & (acc <= 1)).all()
     assert "Emergence" in (out / "report.html").read_text()
-    detected = _cli("emergence", str(out), "--format", "json")
-    assert detected.returncode == 0, detected.stderr
-    results = json.loads(detected.stdout)["results"]
-    assert {r["metric"] for r in results} == {n for n in names if not n.endswith("_stderr")}
+    code, stdout, stderr = scalinglab("emergence", out, "--format", "json")
+    assert code == 0, stderr
+    results = json.loads(stdout)["results"]
+    assert {r["metric"] for r in results} == metrics
     assert {r["verdict"] for r in results} == {"not_enough_data"}  # two sizes, one budget
     assert json.loads((out / "emergence.json").read_text())["results"] == results
 
 
-def test_the_emergence_quickstart_shows_a_jump_in_exact_match_with_a_smooth_log_prob(tmp_path):
+def test_the_emergence_quickstart_shows_a_jump_in_exact_match_with_a_smooth_log_prob(tmp_path, scalinglab):
     """The shipped quickstart spec, run as a user would (about 80 s on 2 CPU cores): walk's exact
     match is called emergent against N, with the metric-induced caveat, while its log-prob is not."""
     out = tmp_path / "emq"
-    run = _cli("sweep", "experiments/sweeps/emergence_quickstart.yaml", "--storage", str(out))
-    assert run.returncode == 0, run.stderr[-3000:]
-    detected = _cli("emergence", str(out), "--format", "json")
-    assert detected.returncode == 0, detected.stderr
-    by_metric = {r["metric"]: r for r in json.loads(detected.stdout)["results"] if r["axis"] == "n_params"}
+    code, _, stderr = scalinglab("sweep", "emergence_quickstart", "--storage", out, "--no-fit", "--no-report")
+    assert code == 0, stderr[-3000:]
+    code, stdout, stderr = scalinglab("emergence", out, "--format", "json")
+    assert code == 0, stderr
+    by_metric = {r["metric"]: r for r in json.loads(stdout)["results"] if r["axis"] == "n_params"}
     exact, logprob = by_metric["walk/exact_match"], by_metric["walk/logprob"]
     assert exact["verdict"] == "emergent", exact
     assert exact["threshold"]["low"] < exact["threshold"]["high"]

@@ -1,43 +1,31 @@
-"""Real sweeps: the CLI in a subprocess, an embedded Ray, DeepSpeed engines, tables on disk."""
+"""Real sweeps: the CLI on an embedded Ray (shared by the in-process tests), DeepSpeed engines,
+tables on disk; a driver killed with SIGKILL in a subprocess and resumed."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
 
+from analysis.records import EVALS, TRIALS, Status
+from cluster.sweep import run_sweep
+from cluster.trial import TestHooks
 from experiments.planner import eval_steps
+from experiments.trial_report import TrialReport
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-TRIALS_COLUMNS = {
-    "trial_id", "status", "error", "family", "n_params", "total_params", "tokens", "data_unit",
-    "flops", "flops_measured", "final_loss", "wall_s", "tokens_per_s", "workers", "zero_stage",
-    "precision", "node_id", "seed", "config", "d_model", "n_layers", "n_heads",
-}
 
-
-def _cli(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600, **kwargs)
-
-
-def _spec(write_spec, body: str) -> Path:
-    return write_spec(body)
-
-
-def test_two_trial_sweep_with_a_two_worker_zero2_trial(write_spec, tmp_path):
-    spec = _spec(write_spec, """\
+def test_two_trial_sweep_with_a_two_worker_zero2_trial(write_spec, tmp_path, scalinglab):
+    spec = write_spec("""\
         name: e2e
         model:
           sizes:
@@ -49,75 +37,80 @@ def test_two_trial_sweep_with_a_two_worker_zero2_trial(write_spec, tmp_path):
         evaluation: {validation_tokens: 1024, points: 3}
         """)
     out = tmp_path / "out"
-    run = _cli("sweep", str(spec), "--storage", str(out))
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "2 trials: 2 completed" in run.stdout
-    trials = pd.read_parquet(out / "trials.parquet")
-    evals = pd.read_parquet(out / "evals.parquet")
-    assert TRIALS_COLUMNS <= set(trials.columns)
-    assert len(trials) == 2 and (trials["status"] == "completed").all()
-    two = trials[trials["workers"] == 2].iloc[0]
-    assert two["zero_stage"] == 2 and two["d_model"] == 32
-    for row in trials.itertuples():
-        assert math.isfinite(row.final_loss) and row.final_loss < math.log(256)
-        assert row.tokens == 64 * 4 * 32 and row.flops == pytest.approx(row.tokens * row.flops_per_token)
-        assert abs(row.flops_measured - row.flops) / row.flops < 0.10
-        assert row.node_id and row.wall_s > 0 and row.tokens_per_s > 0
-        rows = evals[(evals.trial_id == row.trial_id) & (evals.metric == "loss")].sort_values("step")
-        assert rows["step"].tolist() == list(eval_steps(64, 3)) == [1, 8, 64]  # log-spaced
-        assert rows["value"].iloc[-1] == pytest.approx(row.final_loss)
-        assert rows["tokens"].tolist() == [s * 128 for s in rows["step"]]
-    assert {"loss", "bits_per_token", "train_loss", "lr", "tokens_per_s"} <= set(evals["metric"])
+    code, stdout, stderr = scalinglab("sweep", spec, "--storage", out)
+    assert code == 0, stderr[-3000:]
+    assert "2 trials: 2 completed" in stdout
+    trials = pd.read_parquet(out / TRIALS.file)
+    evals = pd.read_parquet(out / EVALS.file)
+    # every contract column, in the contract's order, then the shape columns
+    assert list(trials.columns[: len(TRIALS.names)]) == TRIALS.names
+    assert set(trials.columns[len(TRIALS.names):]) == {TRIALS.shape(f) for f in
+                                                       ("d_model", "n_layers", "n_heads", "context", "vocab")}
+    assert list(evals.columns) == EVALS.names
+    assert len(trials) == 2 and (trials[TRIALS.status] == Status.COMPLETED).all()
+    two = trials[trials[TRIALS.workers] == 2].iloc[0]
+    assert two[TRIALS.zero_stage] == 2 and two[TRIALS.shape("d_model")] == 32
+    for row in trials.to_dict("records"):
+        assert math.isfinite(row[TRIALS.final_loss]) and row[TRIALS.final_loss] < math.log(256)
+        assert row[TRIALS.data_units] == 64 * 4 * 32
+        assert row[TRIALS.flops] == pytest.approx(row[TRIALS.data_units] * row[TRIALS.flops_per_unit])
+        assert abs(row[TRIALS.flops_measured] - row[TRIALS.flops]) / row[TRIALS.flops] < 0.10
+        assert row[TRIALS.node_id] and row[TRIALS.wall_s] > 0 and row[TRIALS.data_units_per_s] > 0
+        rows = evals[(evals[EVALS.trial_id] == row[TRIALS.trial_id]) & (evals[EVALS.metric] == "loss")]
+        rows = rows.sort_values(EVALS.step)
+        assert rows[EVALS.step].tolist() == list(eval_steps(64, 3)) == [1, 8, 64]  # log-spaced
+        assert rows[EVALS.value].iloc[-1] == pytest.approx(row[TRIALS.final_loss])
+        assert rows[EVALS.data_units].tolist() == [s * 128 for s in rows[EVALS.step]]
+    assert {"loss", "bits_per_token", "train_loss", "lr", "data_units_per_s"} == set(evals[EVALS.metric])
     # the two-worker trial ran under Ray Train, which kept its checkpoints by trial name
-    assert (out / "train" / two["trial_id"]).is_dir()
+    assert (out / "train" / two[TRIALS.trial_id]).is_dir()
     assert (out / "tune").is_dir() and (out / "spec.yaml").is_file()
     # the sweep ends with a fit of what two trials can identify: the training-curve envelope
     fits = json.loads((out / "fits.json").read_text())["fits"]
     assert [f["law"] for f in fits] == ["envelope"] and fits[0]["n_points"] == 2
-    assert "scaling-law fits" in run.stdout
+    assert "scaling-law fits" in stdout
     # ... and writes the report and the run's record beside the tables
     runs = json.loads((out / "run.json").read_text())["runs"]
     assert len(runs) == 1 and runs[0]["wall_s"] > 0 and runs[0]["resources"]["CPU"] >= 1
     page = (out / "report.html").read_text()
-    assert all(tid in page for tid in trials["trial_id"]) and "Training curves" in page
-    assert f"report: {out}/report.html" in run.stdout
+    assert all(tid in page for tid in trials[TRIALS.trial_id]) and "Training curves" in page
+    assert f"report: {out}/report.html" in stdout
 
 
-def test_failing_trial_is_recorded_and_the_sweep_goes_on(write_spec, tmp_path):
-    spec = _spec(write_spec, """\
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(write_spec, tmp_path, scalinglab):
+    spec = write_spec("""\
         name: e2e-fail
         model:
           sizes: [{d_model: 16, n_layers: 1, n_heads: 1}]
-        budgets: {tokens: [4096, 8192, 12288]}
+        budgets: {tokens: [4096, 8192]}
         training: {batch_size: 4, seq_len: 32}
         evaluation: {validation_tokens: 1024, points: 2}
         """)
     out = tmp_path / "out"
     uri = f"file://{out}"  # storage given as a pyarrow/Ray filesystem URI, not a path
-    run = _cli("sweep", str(spec), "--storage", uri, env={"SCALINGLAB_INJECT_FAILURE": "-d8.19k-"})
-    assert run.returncode == 1, run.stderr[-3000:]
-    assert "1 failed" in run.stdout and "injected failure" in run.stdout
-    trials = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
-    assert trials["status"].value_counts().to_dict() == {"completed": 2, "failed": 1}
-    failed = trials[trials["status"] == "failed"].iloc[0]
-    assert "RuntimeError: injected failure" in failed["error"]
-    assert trials[trials["status"] == "completed"]["final_loss"].notna().all()
+    outcome = run_sweep(str(spec), storage=uri, hooks=TestHooks(fail=("-d8.19k-",)))
+    assert not outcome.ok
+    trials = pd.read_parquet(out / TRIALS.file).set_index(TRIALS.trial_id)
+    assert trials[TRIALS.status].value_counts().to_dict() == {"completed": 1, "failed": 1}
+    failed = trials[trials[TRIALS.status] == Status.FAILED].iloc[0]
+    assert "RuntimeError: injected failure" in failed[TRIALS.error]
+    assert trials[trials[TRIALS.status] == Status.COMPLETED][TRIALS.final_loss].notna().all()
 
-    # resuming keeps the failure (and its error) and does not re-run the others
-    again = _cli("sweep", str(spec), "--storage", uri, "--resume")
-    assert again.returncode == 1, again.stderr[-3000:]
-    kept = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
-    assert kept["status"].to_dict() == trials["status"].to_dict()
-    assert kept["error"].to_dict() == trials["error"].to_dict()
-    assert kept["finished_at"].to_dict() == trials["finished_at"].to_dict()
+    # resuming keeps the failure (and its error) and does not re-run the others; exit status 1
+    code, stdout, stderr = scalinglab("sweep", spec, "--storage", uri, "--resume", "--no-fit", "--no-report")
+    assert code == 1, stderr[-3000:]
+    assert "1 failed" in stdout and "injected failure" in stdout
+    kept = pd.read_parquet(out / TRIALS.file).set_index(TRIALS.trial_id)
+    for col in (TRIALS.status, TRIALS.error, TRIALS.finished_at):
+        assert kept[col].to_dict() == trials[col].to_dict()
 
-    # --retry-failed runs the failed trial again (the fault is gone now) and only it
-    retry = _cli("sweep", str(spec), "--storage", uri, "--resume", "--retry-failed")
-    assert retry.returncode == 0, retry.stderr[-3000:]
-    fixed = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
-    assert (fixed["status"] == "completed").all()
-    for trial_id in trials.index[trials["status"] == "completed"]:
-        assert fixed.loc[trial_id, "finished_at"] == trials.loc[trial_id, "finished_at"]
+    # --retry-failed runs the failed trial again (no fault now) and only it
+    code, _, stderr = scalinglab("sweep", spec, "--storage", uri, "--resume", "--retry-failed", "--no-report")
+    assert code == 0, stderr[-3000:]
+    fixed = pd.read_parquet(out / TRIALS.file).set_index(TRIALS.trial_id)
+    assert (fixed[TRIALS.status] == Status.COMPLETED).all()
+    for trial_id in trials.index[trials[TRIALS.status] == Status.COMPLETED]:
+        assert fixed.loc[trial_id, TRIALS.finished_at] == trials.loc[trial_id, TRIALS.finished_at]
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -127,54 +120,71 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_killed_sweep_resumes_without_rerunning_finished_trials(write_spec, tmp_path):
-    spec = _spec(write_spec, """\
-        name: e2e-resume
+def kill_tree(driver: subprocess.Popen, also: list[psutil.Process]) -> None:
+    """SIGKILL the driver (as a kill -9 would), then every process it had started."""
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    for proc in _descendants(driver.pid) + also:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_a_killed_driver_resumes_keeping_finished_trials_and_continuing_a_running_one(write_spec, tmp_path,
+                                                                                       scalinglab):
+    """SIGKILL the driver (a process of its own) once one wsd trunk has finished and the other
+    has checkpointed a few times; ``--resume`` (here, on the shared Ray) keeps the finished
+    trunk as it was, continues the running one from its checkpoint, then runs the branches."""
+    spec = write_spec("""\
+        name: e2e-kill
         model:
           sizes: [{d_model: 16, n_layers: 1, n_heads: 1}, {d_model: 32, n_layers: 1, n_heads: 2}]
-        budgets: {tokens: [20480, 40960]}
-        training: {batch_size: 4, seq_len: 32}
+        budgets: {tokens: [204800]}
+        training: {batch_size: 4, seq_len: 32, schedule: wsd}
         resources: {max_concurrent: 1}
-        evaluation: {validation_tokens: 1024, points: 4}
+        evaluation: {validation_tokens: 1024, points: 16}
         """)
     out = tmp_path / "out"
     driver = subprocess.Popen([sys.executable, "-m", "cluster.cli", "sweep", str(spec), "--storage", str(out)],
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    before = None
+    before, leftovers, killed_at = None, [], None
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
+        while time.monotonic() < deadline and before is None:
+            time.sleep(0.3)
+            assert driver.poll() is None, "the sweep ended before it could be killed mid-trunk"
             # a second process reads the tables while the sweep writes them
-            if (out / "trials.parquet").exists():
-                table = pd.read_parquet(out / "trials.parquet")
-                if (table["status"] == "completed").sum() >= 1 and (table["status"] == "running").any():
-                    before = table
-                    break
-        assert before is not None, "the sweep never reached a completed trial"
+            if not (out / TRIALS.file).exists() or not (out / EVALS.file).exists():
+                continue
+            table, evals = pd.read_parquet(out / TRIALS.file), pd.read_parquet(out / EVALS.file)
+            running = table[table[TRIALS.status] == Status.RUNNING][TRIALS.trial_id]
+            points = evals[(evals[EVALS.metric] == "loss") & evals[EVALS.trial_id].isin(running)]
+            if (table[TRIALS.status] == Status.COMPLETED).sum() == 1 and len(points) >= 4:
+                before, killed_at, running_id = table, int(points[EVALS.step].max()), running.iloc[0]
+        assert before is not None, "the sweep never had a finished trunk beside a running one"
         leftovers = _descendants(driver.pid)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
     finally:
-        for proc in _descendants(driver.pid) + (leftovers if before is not None else []):
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-    done_before = before[before["status"] == "completed"].set_index("trial_id")
-    on_disk = pd.read_parquet(out / "trials.parquet")  # still readable after the kill
-    assert len(on_disk) == 4
+        kill_tree(driver, leftovers)
+    done_before = before[before[TRIALS.status] == Status.COMPLETED].set_index(TRIALS.trial_id)
+    assert len(pd.read_parquet(out / TRIALS.file)) == 4  # still readable after the kill
 
-    run = _cli("sweep", str(spec), "--storage", str(out), "--resume")
-    assert run.returncode == 0, run.stderr[-3000:]
-    after = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
-    assert (after["status"] == "completed").all()
+    code, _, stderr = scalinglab("sweep", spec, "--storage", out, "--resume", "--max-concurrent", "2",
+                                 "--no-fit", "--no-report")
+    assert code == 0, stderr[-3000:]
+    after = pd.read_parquet(out / TRIALS.file).set_index(TRIALS.trial_id)
+    assert (after[TRIALS.status] == Status.COMPLETED).all()
     for trial_id, row in done_before.iterrows():  # finished before the kill: untouched
-        assert after.loc[trial_id, "finished_at"] == row["finished_at"]
-        assert after.loc[trial_id, "final_loss"] == row["final_loss"]
-    evals = pd.read_parquet(out / "evals.parquet")
-    assert not evals.duplicated(["trial_id", "step", "metric"]).any()
-    assert set(evals["trial_id"]) == set(after.index)
+        assert after.loc[trial_id, TRIALS.finished_at] == row[TRIALS.finished_at]
+        assert after.loc[trial_id, TRIALS.final_loss] == row[TRIALS.final_loss]
+    evals = pd.read_parquet(out / EVALS.file)
+    assert not evals.duplicated([EVALS.trial_id, EVALS.step, EVALS.metric]).any()
+    assert set(evals[EVALS.trial_id]) == set(after.index)
+    # Tune's record of the running trunk (appended to across the restart): the resumed run went
+    # on from a checkpoint, so its reported steps never fall back to the first evaluation
+    lines = (out / "tune" / running_id / "result.json").read_text().splitlines()
+    steps = [json.loads(line)[TrialReport.KEY]["step"] for line in lines]
+    assert max(steps) > killed_at and steps.count(steps[0]) == 1  # a restart from scratch repeats the first
 
-    again = _cli("sweep", str(spec), "--storage", str(out))
-    assert again.returncode == 2 and "already holds a sweep" in again.stderr
+    code, _, stderr = scalinglab("sweep", spec, "--storage", out)
+    assert code == 2 and "already holds a sweep" in stderr and len(stderr.strip().splitlines()) == 1

@@ -5,11 +5,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.errors import UserError
 from experiments.data import (
-    load_tokens, markov_chain, markov_entropy_rate, train_batch, validation_batches, vocab_size,
+    load_tokens,
+    markov_chain,
+    markov_entropy_rate,
+    train_batch,
+    validation_batches,
+    vocab_size,
 )
-from experiments.errors import UserError
-from experiments.spec import DataSpec, SyntheticSpec
+from experiments.planner import plan
+from experiments.spec import DataSpec, SyntheticSpec, load_spec
 
 
 def test_train_batches_count_tokens_exactly_and_shard_the_global_batch():
@@ -117,3 +123,31 @@ def test_synthetic_entropy_rate_matches_the_empirical_conditional_entropy():
     counts = np.zeros((8, 8))
     np.add.at(counts, (data.train[:-1], data.train[1:]), 1)
     assert np.abs(counts / counts.sum(axis=1, keepdims=True) - p).max() < 0.02
+
+
+TOKEN_SPEC = """\
+name: x
+model: {{sizes: [{{d_model: 16, n_layers: 1, n_heads: 1}}]}}
+budgets: {{tokens: [4096]}}
+data: {data}
+training: {{batch_size: 4, seq_len: 32}}
+evaluation: {{validation_tokens: 256}}
+"""
+
+
+@pytest.mark.parametrize("data, field, message", [
+    ("{source: files, paths: [table.csv]}", "data.paths.0", "expected .txt, .jsonl or .parquet"),
+    ("{source: files, paths: [docs.jsonl], text_field: content}", "data.text_field", "column 'content' not in"),
+    ("{source: files, paths: [docs.parquet], text_field: body}", "data.text_field", "column 'body' not in"),
+    ("{source: files, paths: [missing.txt]}", "data.paths.0", "file not found"),
+])
+def test_token_data_that_no_trial_could_read_is_refused_at_load(write_spec, tmp_path, data, field, message):
+    import re
+
+    import pandas as pd
+
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    _docs_jsonl(tmp_path)
+    pd.DataFrame({"text": ["one document", "another"]}).to_parquet(tmp_path / "docs.parquet")
+    with pytest.raises(UserError, match=rf"spec.yaml:\d+: {re.escape(field)}: .*{message}"):
+        plan(*load_spec(write_spec(TOKEN_SPEC.format(data=data))))

@@ -3,12 +3,13 @@ batching, and the errors a user sees for bad images or a spec that does not fit 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from experiments.errors import UserError
-from experiments.image_data import (image_train_batch, image_validation_batches, load_images,
-                                    procedural_images)
+from analysis.errors import UserError
+from experiments.image_data import image_train_batch, image_validation_batches, load_images, procedural_images
 from experiments.planner import plan
 from experiments.spec import DataSpec, load_spec
 
@@ -122,20 +123,60 @@ def test_specs_that_do_not_fit_the_family_are_refused(write_spec, body, message)
 
 def test_shape_fields_and_options_are_checked_against_the_family(write_spec):
     base = "name: x\nfamily: vae\nbudgets: {samples: [1000]}\ndata: {source: digits}\n"
-    with pytest.raises(UserError, match=r"model.sizes.0.d_model: not a shape field of family 'vae'; expected \['depth', 'latent', 'width'\]"):
+    expected = r"\['depth', 'latent', 'params', 'width', 'workers', 'zero_stage'\]"
+    with pytest.raises(UserError, match=r"spec.yaml:\d+: model.sizes.0.d_model: unknown field; expected one of " + expected):
         plan(*load_spec(write_spec(base + "model:\n  sizes: [{d_model: 16, n_layers: 1, n_heads: 1}]\n")))
-    with pytest.raises(UserError, match="model.sizes.0: family 'vae' needs 'latent'"):
+    with pytest.raises(UserError, match=r"spec.yaml:\d+: model.sizes.0.latent: is required"):
         plan(*load_spec(write_spec(base + "model:\n  sizes: [{width: 8, depth: 1}]\n")))
-    with pytest.raises(UserError, match="model.noise_schedule: family 'vae' has no option 'noise_schedule'"):
+    with pytest.raises(UserError, match=r"spec.yaml:\d+: model.noise_schedule: unknown field; expected one of "
+                                        r"\['iw_samples', 'likelihood', 'sizes'\]"):
         plan(*load_spec(write_spec(base + "model:\n  noise_schedule: linear\n  sizes: [{width: 8, depth: 1, latent: 4}]\n")))
+    with pytest.raises(UserError, match=r"spec.yaml:\d+: model.likelihood: expected one of \['gaussian', 'bernoulli'\]"):
+        plan(*load_spec(write_spec(base + "model:\n  likelihood: poisson\n  sizes: [{width: 8, depth: 1, latent: 4}]\n")))
     trials = plan(*load_spec(write_spec(base + "model:\n  likelihood: bernoulli\n  sizes: [{width: 8, depth: 1, latent: 4}, {params: 3.0e5}]\n")))
-    assert {t.shape["likelihood"] for t in trials} == {"bernoulli"}
-    assert all(t.data_unit == "samples" and t.tokens == t.steps * 16 for t in trials)  # batch_size 16
+    assert {t.shape.likelihood for t in trials} == {"bernoulli"}
+    assert all(t.data_unit == "samples" and t.data_units == t.steps * 16 for t in trials)  # batch_size 16
     big = max(trials, key=lambda t: t.n_params)
-    assert 0.7e5 < big.n_params < 1.3 * 3e5 and big.flops == pytest.approx(big.flops_per_token * big.tokens)
+    assert 0.7e5 < big.n_params < 1.3 * 3e5 and big.flops == pytest.approx(big.flops_per_unit * big.data_units)
 
 
 def test_hub_image_dataset_offline_fails_clearly():
     spec = DataSpec(source="hub", name="scalinglab-no-such-user/no-such-images")
     with pytest.raises(UserError, match="cannot stream hub dataset .*source: images with a local copy"):
         load_images(spec, train_samples=10, validation_samples=10)
+
+
+IMAGE_SPEC = """\
+name: x
+family: vae
+model: {{sizes: [{{width: 4, depth: 1, latent: 4}}]}}
+budgets: {{samples: [256]}}
+data: {data}
+training: {{batch_size: 16}}
+evaluation: {{validation_samples: 16}}
+"""
+
+
+@pytest.mark.parametrize("data, field, message", [
+    ("{source: digits, image_size: 16}", "data.image_size", "the digits are 8x8 pixels; set image_size: 8"),
+    ("{source: images, paths: [imgs], image_size: 16}", "data.image_size", r"img000\.png is 8x8 pixels, expected 16x16"),
+    ("{source: images, paths: [broken]}", "data.paths.0", r"cannot read .*img000\.png"),
+    ("{source: images, paths: [empty]}", "data.paths.0", "no image files"),
+    ("{source: images, paths: [notes.txt]}", "data.paths.0", "expected an image folder, image files"),
+    ("{source: images, paths: [pics.parquet]}", "data.image_field", "column 'image' not in"),
+])
+def test_image_data_that_no_trial_could_read_is_refused_at_load(write_spec, tmp_path, data, field, message):
+    """Before launch, not as a failed trial: the first image of every path, columns, sizes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _write_pngs(tmp_path / "imgs", [8] * 3)
+    _write_pngs(tmp_path / "broken", [8])
+    (tmp_path / "broken" / "img000.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("text")
+    pq.write_table(pa.table({"picture": [b"x"]}), tmp_path / "pics.parquet")
+    path = write_spec(IMAGE_SPEC.format(data=data))
+    with pytest.raises(UserError, match=rf"spec.yaml:\d+: {re.escape(field)}: .*{message}"):
+        plan(*load_spec(path))
+    assert plan(*load_spec(write_spec(IMAGE_SPEC.format(data="{source: images, paths: [imgs]}"), name="ok.yaml")))

@@ -4,7 +4,6 @@ import pytest
 from experiments.planner import TrialConfig, eval_steps, plan
 from experiments.spec import load_spec
 from models import get_family
-from models.transformer import TransformerShape
 from tests.conftest import MINIMAL_SPEC
 
 FAMILY = get_family("transformer")
@@ -19,14 +18,14 @@ def test_grid_is_every_size_times_every_budget_with_exact_accounting(write_spec)
     trials = _plan(write_spec, MINIMAL_SPEC)
     assert len(trials) == 4 and len({t.trial_id for t in trials}) == 4
     for t in trials:
-        assert t.tokens_per_step == 4 * 32
-        assert t.tokens == t.steps * t.tokens_per_step <= t.tokens_planned
-        assert t.tokens_planned - t.tokens < t.tokens_per_step
-        shape = TransformerShape(**t.shape)
-        assert t.flops_per_token == FAMILY.flops_per_unit(shape)
-        assert t.flops == pytest.approx(t.flops_per_token * t.tokens)
+        assert t.units_per_step == 4 * 32
+        assert t.data_units == t.steps * t.units_per_step <= t.data_units_planned
+        assert t.data_units_planned - t.data_units < t.units_per_step
+        shape = t.shape
+        assert t.flops_per_unit == FAMILY.flops_per_unit(shape)
+        assert t.flops == pytest.approx(t.flops_per_unit * t.data_units)
         assert t.n_params == FAMILY.num_params(shape).scaling
-    assert {t.tokens_planned for t in trials} == {4096.0, 8192.0}
+    assert {t.data_units_planned for t in trials} == {4096.0, 8192.0}
     # largest compute first, so long trials start early
     assert [t.flops for t in trials] == sorted((t.flops for t in trials), reverse=True)
 
@@ -37,12 +36,12 @@ def test_isoflop_derives_tokens_from_compute_and_flops_per_token(write_spec):
     assert len(trials) == 4
     for t in trials:
         assert t.compute_budget in (2e9, 8e9)
-        assert t.tokens_planned == pytest.approx(t.compute_budget / t.flops_per_token)
+        assert t.data_units_planned == pytest.approx(t.compute_budget / t.flops_per_unit)
         # the trial spends its budget to within one optimizer step
-        assert t.compute_budget - t.tokens_per_step * t.flops_per_token < t.flops <= t.compute_budget
+        assert t.compute_budget - t.units_per_step * t.flops_per_unit < t.flops <= t.compute_budget
     small = [t for t in trials if t.compute_budget == 2e9]
     big_model, small_model = sorted(small, key=lambda t: -t.n_params)
-    assert big_model.tokens < small_model.tokens  # same compute: bigger model sees fewer tokens
+    assert big_model.data_units < small_model.data_units  # same compute: bigger model sees fewer tokens
 
 
 def test_sizes_from_params_use_the_aspect_ratio_rule(write_spec):
@@ -54,7 +53,7 @@ def test_sizes_from_params_use_the_aspect_ratio_rule(write_spec):
         _plan(write_spec, text)
     trials = _plan(write_spec, text.replace("model_extra: 1\n", ""))
     for t in trials:
-        assert t.shape["d_model"] % 16 == 0
+        assert t.shape.d_model % 16 == 0
     ns = sorted({t.n_params for t in trials})
     assert 0.6 < ns[0] / 2e5 < 1.6 and 0.6 < ns[1] / 2e6 < 1.6
 
@@ -63,7 +62,7 @@ def test_per_size_workers_and_zero_stage_override(write_spec):
     text = MINIMAL_SPEC.replace("{d_model: 32, n_layers: 1, n_heads: 2}",
                                 "{d_model: 32, n_layers: 1, n_heads: 2, workers: 2, zero_stage: 2}")
     trials = _plan(write_spec, text)
-    big = [t for t in trials if t.shape["d_model"] == 32]
+    big = [t for t in trials if t.shape.d_model == 32]
     assert all(t.workers == 2 and t.zero_stage == 2 for t in big)
     assert all(t.workers == 1 and t.zero_stage == 0 for t in trials if t not in big)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.errors import UserError
+from analysis.errors import UserError
 from experiments.planner import plan
 from experiments.probes import evaluate_probes, held_out, mix_into, training_text
 from experiments.spec import ProbeSpec, load_spec

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
+from analysis.errors import UserError
 from cluster.cli import main
-from experiments.errors import UserError
 from experiments.planner import plan
 from experiments.spec import load_spec
 from tests.conftest import MINIMAL_SPEC

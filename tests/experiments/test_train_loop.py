@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
+from analysis.records import LOSS, THROUGHPUT, Status
 from experiments.planner import plan
+from experiments.schedules import cosine
 from experiments.spec import load_spec
-from experiments.train_loop import (
-    WorkerContext, lr_factor, run_worker,
-)
+from experiments.train_loop import WorkerContext, run_worker
 from tests.conftest import MINIMAL_SPEC
 
 
@@ -22,21 +22,21 @@ def trial(write_spec):
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    assert lr_factor(0, 100, 0.1, 0.1) == pytest.approx(0.1)
-    assert lr_factor(9, 100, 0.1, 0.1) == pytest.approx(1.0)
-    assert lr_factor(10, 100, 0.1, 0.1) == pytest.approx(1.0)
-    assert lr_factor(100, 100, 0.1, 0.1) == pytest.approx(0.1)
-    values = [lr_factor(s, 100, 0.1, 0.1) for s in range(10, 101)]
+    assert cosine(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert cosine(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert cosine(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
+    values = [cosine(s, 100, 10, 0.1) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:]))
-    assert lr_factor(0, 100, 0.0, 0.0) == pytest.approx(1.0)
+    assert cosine(0, 100, 0, 0.0) == pytest.approx(1.0)
 
 
 class Recorder:
     def __init__(self, stop_after: int | None = None, keep: str | None = None):
         self.reports, self.stop_after, self.keep = [], stop_after, keep
 
-    def __call__(self, metrics, checkpoint_dir):
-        self.reports.append((dict(metrics), checkpoint_dir is not None))
+    def __call__(self, report, checkpoint_dir):
+        self.reports.append((report, checkpoint_dir is not None))
         if self.stop_after is not None and len(self.reports) == self.stop_after:
             shutil.copytree(checkpoint_dir, self.keep)
             raise KeyboardInterrupt("simulated kill after a checkpoint")
@@ -45,15 +45,19 @@ class Recorder:
 def test_trains_reports_at_eval_points_and_counts_tokens(process_group, trial):
     rec = Recorder()
     final = run_worker(trial, WorkerContext(0, 1, rec))
-    steps = [m["step"] for m, _ in rec.reports]
+    steps = [r.step for r, _ in rec.reports]
     assert steps == [10, 50, 100]
     assert [has_ckpt for _, has_ckpt in rec.reports] == [True, True, False]  # the end needs none
-    assert final["status"] == "completed" and final["done"]
-    assert final["tokens"] == trial.tokens == 100 * 4 * 32
-    assert final["flops"] == pytest.approx(trial.flops)
-    losses = [m["loss"] for m, _ in rec.reports]
+    assert final.status == Status.COMPLETED and final.done
+    assert final.data_units == trial.data_units == 100 * 4 * 32
+    assert final.flops == pytest.approx(trial.flops)
+    losses = [r.loss for r, _ in rec.reports]
     assert losses[-1] < losses[0] < math.log(256) + 0.5
-    assert final["tokens_per_s"] > 0 and final["flops_measured_per_token"] > 0
+    assert final.metrics[THROUGHPUT] > 0 and final.flops_measured_per_unit > 0
+    # the report's rows and columns are the contract's (analysis.records)
+    rows = final.eval_rows(trial.trial_id)
+    assert {r["metric"] for r in rows} == {"loss", "bits_per_token", "train_loss", "lr", "data_units_per_s"}
+    assert final.final_columns()["final_loss"] == final.metrics[LOSS]
 
 
 def test_resume_from_checkpoint_continues_where_it_stopped(process_group, trial, tmp_path):
@@ -63,16 +67,16 @@ def test_resume_from_checkpoint_continues_where_it_stopped(process_group, trial,
         run_worker(trial, WorkerContext(0, 1, Recorder(stop_after=2, keep=str(saved))))
     rec = Recorder()
     resumed = run_worker(trial, WorkerContext(0, 1, rec, restore_dir=str(saved)))
-    assert [m["step"] for m, _ in rec.reports] == [100]  # steps 1..50 were not trained again
-    assert resumed["loss"] == pytest.approx(whole["loss"], abs=1e-4)
+    assert [r.step for r, _ in rec.reports] == [100]  # steps 1..50 were not trained again
+    assert resumed.loss == pytest.approx(whole.loss, abs=1e-4)
 
 
 def test_nan_loss_ends_the_trial_as_diverged(process_group, trial):
     blowup = dataclasses.replace(trial, training=dataclasses.replace(trial.training, lr=1e9, grad_clip=0.0))
     rec = Recorder()
     final = run_worker(blowup, WorkerContext(0, 1, rec))
-    assert final["status"] == "diverged" and "loss is" in final["error"]
-    assert final["step"] < trial.steps
+    assert final.status == Status.DIVERGED and "loss is" in final.error
+    assert final.step < trial.steps
 
 
 def test_grad_clip_zero_turns_deepspeeds_default_clipping_off(trial):
@@ -93,5 +97,5 @@ def test_a_resumed_trial_checkpoints_again(process_group, trial, tmp_path):
         run_worker(trial, WorkerContext(0, 1, Recorder(stop_after=1, keep=str(saved))))
     rec = Recorder()
     final = run_worker(trial, WorkerContext(0, 1, rec, restore_dir=str(saved)))
-    assert [m["step"] for m, _ in rec.reports] == [50, 100] and final["status"] == "completed"
+    assert [r.step for r, _ in rec.reports] == [50, 100] and final.status == Status.COMPLETED
     assert rec.reports[0][1]  # step 50 reported with a checkpoint

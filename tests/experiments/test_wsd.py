@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments.errors import UserError
+from analysis.errors import UserError
 from experiments.planner import describe, plan, with_chosen_lrs
 from experiments.schedules import cosine, lr_multiplier, wsd
 from experiments.spec import load_spec
@@ -39,11 +39,11 @@ def test_wsd_plans_one_trunk_per_size_and_a_branch_per_budget_with_paid_and_repr
         assert trunk.steps == 320 and trunk.save_steps == (80, 160, 320)
         assert set(trunk.save_steps) <= set(trunk.eval_steps)
         for b in mine:
-            assert b.flops == pytest.approx(b.flops_per_token * b.tokens)  # what the point represents
-            assert b.flops_paid == pytest.approx(b.flops_per_token * (b.steps - b.start_step) * 128)  # its cooldown
+            assert b.flops == pytest.approx(b.flops_per_unit * b.data_units)  # what the point represents
+            assert b.flops_paid == pytest.approx(b.flops_per_unit * (b.steps - b.start_step) * 128)  # its cooldown
             assert b.eval_steps[-1] == b.steps and min(b.eval_steps) > b.start_step
             assert b.warmup_steps == trunk.warmup_steps == 10  # 10% of the smallest budget's 100 steps
-        assert trunk.flops_paid == pytest.approx(trunk.flops_per_token * 320 * 128)
+        assert trunk.flops_paid == pytest.approx(trunk.flops_per_unit * 320 * 128)
         paid = trunk.flops_paid + sum(b.flops_paid for b in mine)
         represented = sum(b.flops for b in mine)
         assert represented / paid == pytest.approx(700 / (320 + 20 + 40 + 80))  # cosine would pay 700 steps
@@ -85,7 +85,7 @@ def test_lr_search_adds_candidates_per_size_and_the_best_one_is_applied(write_sp
     text = LADDER.replace("training: {", "training: {lr: {search: [1.0e-3, 3.0e-3, 1.0e-2]}, ")
     trials = _plan(write_spec, text)
     search = [t for t in trials if t.role == "lr_search"]
-    assert len(search) == 6 and {t.tokens for t in search} == {12800}  # smallest budget by default
+    assert len(search) == 6 and {t.data_units for t in search} == {12800}  # smallest budget by default
     assert all(t.lr_chosen_by == "search pending" for t in trials if t.role != "lr_search")
     losses = {t.trial_id: (3.0 if t.training.lr == 3e-3 else 4.0) if t.size_index == 0 else
               (5.0 if t.training.lr == 1e-2 else float("nan")) for t in search}

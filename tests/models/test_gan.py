@@ -4,11 +4,12 @@ failure flags, and the alternating step on real DeepSpeed engines."""
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 import torch
 
+from analysis.records import Status
+from experiments.cache import FileCache
 from experiments.image_data import load_images
 from experiments.spec import DataSpec
 from models import get_family
@@ -26,26 +27,27 @@ def digits():
 
 @pytest.fixture(scope="module")
 def rotnet(digits):
-    return feature_network(digits[0])
+    return feature_network(digits[0], FileCache())
 
 
 def _signed(u8: torch.Tensor) -> torch.Tensor:
     return u8.float() / 127.5 - 1
 
 
-def test_feature_network_is_cached_by_content_hash(digits, tmp_path, monkeypatch):
-    monkeypatch.setenv("SCALINGLAB_CACHE", str(tmp_path))
+@pytest.mark.slow
+def test_feature_network_is_cached_by_content_hash(digits, tmp_path):
+    cache = FileCache(tmp_path)
     train = digits[0][:512]
-    first = feature_network(train)
-    assert not first.cache_hit and os.path.exists(first.cache_path)
-    assert str(tmp_path) in first.cache_path and "rotnet-" in first.cache_path
-    again = feature_network(train)
-    assert again.cache_hit and again.cache_path == first.cache_path
+    first = feature_network(train, cache)
+    assert not first.cache_hit and (tmp_path / first.cache_key).is_file() and "rotnet-" in first.cache_key
+    again = feature_network(train, cache)
+    assert again.cache_hit and again.cache_key == first.cache_key
     for a, b in zip(first.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
     other = train.clone()
     other[0, 0, 0, 0] ^= 1  # one pixel of one image: another data set, another network
-    assert feature_network(other).cache_path != first.cache_path
+    assert feature_network(other, cache).cache_key != first.cache_key
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # written atomically
 
 
 def test_fd_of_real_images_is_near_zero_against_themselves_and_large_against_noise(digits, rotnet):
@@ -86,23 +88,44 @@ def test_a_generator_that_draws_one_image_is_flagged_as_collapsed(digits, rotnet
     metrics = FAMILY.evaluate(gan, [digits[1]])
     assert metrics["diversity"] < 1e-6
     status, caveat = health([{**metrics, "step": 100}])
-    assert status == "collapsed" and "mode collapse" in caveat and "step 100" in caveat
+    assert status == Status.COLLAPSED and "mode collapse" in caveat and "step 100" in caveat
 
 
 def test_health_flags_divergence_and_passes_a_healthy_run():
     point = {"diversity": 0.9, "step": 1}
-    assert health([{**point, "fd_rotnet": 30.0}, {**point, "fd_rotnet": 10.0}]) == ("completed", "")
+    assert health([{**point, "fd_rotnet": 30.0}, {**point, "fd_rotnet": 10.0}]) == (Status.COMPLETED, "")
     status, caveat = health([{**point, "fd_rotnet": 10.0}, {**point, "fd_rotnet": 31.0, "step": 7}])
-    assert status == "diverged" and "rose from 10 to 31" in caveat and "step 7" in caveat
-    assert health([{**point, "fd_rotnet": float("nan")}])[0] == "diverged"
+    assert status == Status.DIVERGED and "rose from 10 to 31" in caveat and "step 7" in caveat
+    assert health([{**point, "fd_rotnet": float("nan")}])[0] == Status.DIVERGED
 
 
-def test_inception_fid_needs_its_weights_on_disk(digits, rotnet, monkeypatch, tmp_path):
-    gan = FAMILY.build(FAMILY.tiny()).eval()
+def test_inception_fid_needs_its_weights_on_disk(digits, rotnet, tmp_path):
+    shape = dataclasses.replace(FAMILY.tiny(), inception_weights=str(tmp_path / "missing.pth"))
+    gan = FAMILY.build(shape).eval()
     gan.context["features"] = rotnet
-    monkeypatch.setenv("SCALINGLAB_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
-    with pytest.raises(ValueError, match="SCALINGLAB_INCEPTION_WEIGHTS: no such file .*missing.pth"):
+    with pytest.raises(ValueError, match="model.inception_weights: no such file .*missing.pth"):
         FAMILY.evaluate(gan, [digits[1][:32]])
+
+
+def test_inception_weights_are_a_spec_option_recorded_in_the_trial_config(write_spec, tmp_path):
+    from experiments.planner import TrialConfig, plan
+    from experiments.spec import load_spec
+
+    weights = tmp_path / "pt_inception.pth"
+    spec = write_spec(f"""\
+        name: g
+        family: gan
+        model:
+          inception_weights: {weights}
+          sizes: [{{width: 4, depth: 1, latent: 8}}]
+        budgets: {{samples: [256]}}
+        data: {{source: digits}}
+        training: {{batch_size: 16}}
+        evaluation: {{validation_samples: 32}}
+        """)
+    (trial,) = plan(*load_spec(spec))
+    assert trial.shape.inception_weights == str(weights)
+    assert TrialConfig.from_json(trial.to_json()).shape.inception_weights == str(weights)
 
 
 def test_counts_n_as_the_generator_and_records_the_discriminator():
@@ -178,7 +201,7 @@ def test_alternating_step_on_deepspeed_engines_matches_plain_torch(process_group
 
 
 def test_gan_options_are_checked_by_the_planner(write_spec):
-    from experiments.errors import UserError
+    from analysis.errors import UserError
     from experiments.planner import plan
     from experiments.spec import load_spec
 
@@ -194,9 +217,9 @@ def test_gan_options_are_checked_by_the_planner(write_spec):
         evaluation: {{validation_samples: 32}}
         """
     trials = plan(*load_spec(write_spec(base.format(family="gan", schedule="cosine"))))
-    assert len(trials) == 1 and trials[0].shape["gan_loss"] == "ns"
+    assert len(trials) == 1 and trials[0].shape.gan_loss == "ns"
     assert trials[0].total_params > trials[0].n_params
-    with pytest.raises(UserError, match="gan_loss.*family 'vae' has no option 'gan_loss'"):
+    with pytest.raises(UserError, match=r"model.gan_loss: unknown field; expected one of \['iw_samples', 'likelihood', 'sizes'\]"):
         plan(*load_spec(write_spec(base.format(family="vae", schedule="cosine"))))
     with pytest.raises(UserError, match="training.schedule.*several networks.*use cosine"):
         plan(*load_spec(write_spec(base.format(family="gan", schedule="wsd"))))

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from models import get_family
+from models.family import DataShape
 from models.flops import measured_flops_per_unit
-from models.transformer import TransformerShape
+from models.transformer import TransformerOptions, TransformerShape
 
 FAMILY = get_family("transformer")
 SHAPES = [
@@ -15,7 +16,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.tag)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s.d_model}-l{s.n_layers}")
 def test_param_counts_match_the_built_model(shape):
     model = FAMILY.build(shape)
     counts = FAMILY.num_params(shape)
@@ -24,10 +25,10 @@ def test_param_counts_match_the_built_model(shape):
     assert counts.scaling == counts.total - embeddings  # Kaplan's non-embedding N
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.tag)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s.d_model}-l{s.n_layers}")
 def test_analytic_flops_within_10_percent_of_flop_counter(shape):
     batch = torch.randint(0, shape.vocab, (2, shape.context + 1))
-    measured = measured_flops_per_unit(FAMILY, shape, batch, units=2 * shape.context)
+    measured = measured_flops_per_unit(FAMILY, shape, batch)
     analytic = FAMILY.flops_per_unit(shape)
     assert abs(measured - analytic) / measured < 0.10, (measured, analytic)
 
@@ -41,7 +42,8 @@ def test_flops_per_token_is_six_n_plus_attention_and_head():
 
 @pytest.mark.parametrize("target", [1e4, 1e5, 1e6, 1e7])
 def test_shape_from_params_lands_near_target_with_the_aspect_rule(target):
-    shape = FAMILY.shape_from_params(int(target), aspect_ratio=32, head_dim=16)
+    shape = FAMILY.shape_from_params(int(target), TransformerOptions(aspect_ratio=32, head_dim=16),
+                                     DataShape(context=128, vocab=256))
     n = FAMILY.num_params(shape).scaling
     assert 0.6 < n / target < 1.6
     assert shape.d_model % 16 == 0 and shape.n_heads == shape.d_model // 16
