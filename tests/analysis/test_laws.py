@@ -56,13 +56,18 @@ def test_chinchilla_intervals_cover_the_truth_at_one_percent_noise():
     assert sum(over_seeds(_chinchilla_covers, range(20))) >= 17
 
 
+def _warm_or_cold(warm: bool):
+    points = load_points(chinchilla_points(3, 0.01))
+    if warm:
+        return fit_lse_law(LAWS["chinchilla"], points, bootstrap=60, seed=7, workers=1)
+    return fit_lse_law(LAWS["chinchilla"], points, bootstrap=60, seed=7, workers=1, warm=False, top_k=8)
+
+
 @pytest.mark.slow
 def test_warm_started_bootstrap_matches_a_cold_started_one():
     """The stopping rule matters: with scipy's default tolerances, warm-started refits barely
     move from the full-data optimum and the intervals collapse. Ours must match cold starts."""
-    points = load_points(chinchilla_points(3, 0.01))
-    warm = fit_lse_law(LAWS["chinchilla"], points, bootstrap=60, seed=7, workers=1)
-    cold = fit_lse_law(LAWS["chinchilla"], points, bootstrap=60, seed=7, workers=1, warm=False, top_k=8)
+    warm, cold = over_seeds(_warm_or_cold, [True, False])
     for name in ("E", "alpha", "beta"):
         w, c = warm.params[name], cold.params[name]
         width = c.high - c.low
