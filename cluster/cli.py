@@ -274,7 +274,7 @@ def check_not_shadowed(cwd: Path | None = None) -> None:
         local = cwd / name
         clash = (local / "__init__.py").is_file() or local.with_suffix(".py").is_file()
         if found != home or (clash and cwd != home):
-            where = local if clash else found
+            where = local if clash or local.is_dir() else found  # a bare folder: a namespace package
             raise UserError(f"a package named {name!r} at {where} shadows scalinglab's own ({home / name}); "
                             "run scalinglab from another directory, or rename that folder")
 
