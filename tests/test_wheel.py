@@ -89,3 +89,16 @@ def test_a_folder_named_like_one_of_our_packages_is_refused(installed, tmp_path)
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
     assert "a package named 'models'" in run.stderr and "shadows scalinglab's own" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_a_bare_folder_that_would_shadow_is_named_in_the_refusal(tmp_path):
+    """Under ``python -m`` in an editable checkout, a ``models/`` folder without ``__init__.py``
+    imports as a namespace package in place of ours. Where it does, the refusal names the folder
+    (it once said "at None"); where it does not (ours on PYTHONPATH), the command runs."""
+    (tmp_path / "models").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = _run(sys.executable, "-m", "cluster.cli", "sweep", "quickstart", "--dry-run", cwd=tmp_path, env=env)
+    if run.returncode == 2:
+        assert f"at {tmp_path / 'models'} shadows" in run.stderr, run.stderr
+    else:
+        assert run.returncode == 0 and "15 trials" in run.stdout, run.stderr[-2000:]
