@@ -69,6 +69,10 @@ class Status(Closed):
         (``failed`` ones only with ``--retry-failed``)."""
         return self in (Status.COMPLETED, Status.FAILED, Status.DIVERGED, Status.COLLAPSED)
 
+    def kept_on_resume(self, retry_failed: bool) -> bool:
+        """Whether ``--resume`` keeps the trial's row as it is and does not train it again."""
+        return self.finished and not (retry_failed and self is Status.FAILED)
+
     @property
     def bad(self) -> bool:
         """A finished trial that did not complete (the sweep exits 1 and lists it)."""
@@ -114,6 +118,14 @@ class LRSource(Closed):
     CANDIDATE = "candidate", "this trial is an LR-search run of that LR"
     PENDING = "search pending", "the size's LR search has not finished (the row shows the middle candidate)"
     FALLBACK = "search failed: middle candidate", "no candidate of the size completed: the middle one"
+
+
+# --- the other files of a results folder (the tables are TRIALS.file and EVALS.file) ------
+
+SPEC_FILE = "spec.yaml"  # the spec as submitted
+PLAN_FILE = "plan.json"  # the planned trials, each a TrialConfig's JSON
+RUNS_FILE = "run.json"  # one entry per `sweep` run
+SAMPLES_DIR = "samples"  # samples/<trial_id>/<caption>.png: a completed image trial's grids
 
 
 # --- columns --------------------------------------------------------------------------------

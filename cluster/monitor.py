@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from analysis.records import TRIALS, DataUnit, Role, Status
+from analysis.records import EVALS, TRIALS, DataUnit, Role, Status
 from analysis.store import ResultsStore
 from cluster.results import BranchCheckpoints, evals_frame, trials_frame
 from cluster.trial import TRIAL_KEY
@@ -77,7 +77,7 @@ class TableRecorder(Callback):
 
     def flush(self) -> None:
         self.store.write_table(TRIALS.file, trials_frame(self.rows))
-        self.store.write_table("evals.parquet", evals_frame(self.evals))
+        self.store.write_table(EVALS.file, evals_frame(self.evals))
         self._last_write = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info):

@@ -17,6 +17,7 @@ Every write is atomic (``analysis.store``) and the driver is the only writer of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -24,14 +25,11 @@ import tempfile
 import pandas as pd
 import pyarrow.fs as pafs
 
-from analysis.records import EVALS, TRIALS, Status
+from analysis.records import EVALS, PLAN_FILE, SPEC_FILE, TRIALS, Status
 from analysis.store import ResultsStore
 from experiments.data import markov_entropy_rate
 from experiments.planner import TrialConfig
 from experiments.spec import Source
-
-SPEC_FILE, PLAN_FILE, RUNS_FILE = "spec.yaml", "plan.json", "run.json"
-
 
 def planned_row(cfg: TrialConfig) -> dict:
     """The trials.parquet row of a trial before it has run (status ``pending``). Shape fields
@@ -57,16 +55,10 @@ def planned_row(cfg: TrialConfig) -> dict:
         TRIALS.data_source: cfg.data.source.value, TRIALS.started_at: pd.NaT, TRIALS.finished_at: pd.NaT,
         TRIALS.config: cfg.to_json(),
     }
-    for name, value in _shape_fields(cfg.shape).items():
+    for name, value in dataclasses.asdict(cfg.shape).items():
         row[TRIALS.shape(name)] = value
     TRIALS.check_row(row)
     return row
-
-
-def _shape_fields(shape) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(shape, f.name) for f in dataclasses.fields(shape)}
 
 
 def trials_frame(rows: dict[str, dict]) -> pd.DataFrame:

@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.errors import UserError
-from analysis.records import TRIALS, Role, Status
+from analysis.records import EVALS, PLAN_FILE, RUNS_FILE, TRIALS, Role, Status
 from analysis.store import ResultsStore, storage_uri
-from cluster.results import PLAN_FILE, RUNS_FILE, load_plan_ids, planned_row, save_plan
+from cluster.results import load_plan_ids, planned_row, save_plan
 from cluster.trial import TRIAL_KEY, TestHooks, resources_for, run_trial
 from experiments.planner import TrialConfig, plan, with_chosen_lrs
 from experiments.spec import SweepSpec, load_spec
@@ -100,15 +100,13 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
             stop_ray()  # before any analysis forks processes (forking Ray's threads is unsafe)
         runs[-1]["wall_s"] = round(time.monotonic() - started, 1)
         store.write_json(RUNS_FILE, {"runs": runs})
-    return SweepOutcome(uri, store.read_table(TRIALS.file), store.read_table("evals.parquet"),
+    return SweepOutcome(uri, store.read_table(TRIALS.file), store.read_table(EVALS.file),
                         time.monotonic() - started)
 
 
 def _finished(rows: dict[str, dict], retry_failed: bool) -> frozenset[str]:
     """Trials the table records as finished: Tune's trial for each returns at once."""
-    return frozenset(tid for tid, row in rows.items()
-                     if Status(row[TRIALS.status]).finished
-                     and not (retry_failed and row[TRIALS.status] == Status.FAILED))
+    return frozenset(tid for tid, row in rows.items() if Status(row[TRIALS.status]).kept_on_resume(retry_failed))
 
 
 def _check_placement(trials: list[TrialConfig], embedded: bool) -> None:
@@ -174,12 +172,10 @@ def _initial_tables(store: ResultsStore, trials: list[TrialConfig], resume: bool
     evals: list[dict] = []
     if store.exists(TRIALS.file):
         for row in store.read_table(TRIALS.file).to_dict("records"):
-            status = Status(row[TRIALS.status])
-            keep = status.finished and not (retry_failed and status == Status.FAILED)
-            if row[TRIALS.trial_id] in rows and keep:
+            if row[TRIALS.trial_id] in rows and Status(row[TRIALS.status]).kept_on_resume(retry_failed):
                 rows[row[TRIALS.trial_id]] = row
-    if store.exists("evals.parquet"):
-        evals = store.read_table("evals.parquet").to_dict("records")
+    if store.exists(EVALS.file):
+        evals = store.read_table(EVALS.file).to_dict("records")
     return rows, evals
 
 

@@ -16,10 +16,8 @@ import pandas as pd
 
 from analysis.emergence_tables import EMERGENCE_FILE
 from analysis.errors import UserError
-from analysis.records import EVALS, TRIALS
+from analysis.records import EVALS, RUNS_FILE, SAMPLES_DIR, SPEC_FILE, TRIALS
 from analysis.store import ResultsStore
-
-SAMPLES_DIR = "samples"
 
 
 @dataclass
@@ -46,8 +44,8 @@ def load_results(folder: str | Path) -> ReportData:
     return ReportData(
         name=name, trials=trials,
         evals=store.read_table(EVALS.file) if store.exists(EVALS.file) else None,
-        spec_text=store.read_bytes("spec.yaml").decode(errors="replace") if store.exists("spec.yaml") else None,
-        runs=_json(store, "run.json").get("runs", []),
+        spec_text=store.read_bytes(SPEC_FILE).decode(errors="replace") if store.exists(SPEC_FILE) else None,
+        runs=_json(store, RUNS_FILE).get("runs", []),
         emergence=_json(store, EMERGENCE_FILE).get("results"),
         samples=_samples(store),
     )
