@@ -69,7 +69,7 @@ def run_trial(config: dict, train_storage: str = "", verbose: bool = False, fini
 def worker_context(cfg: TrialConfig, results_uri: str, rank: int, world: int, report, restore_dir, node_id: str):
     """The loop's context: sample grids into ``samples/<trial_id>/`` of the results store (rank
     0), and a wsd trial's branch-point checkpoints there."""
-    from analysis.records import Role
+    from analysis.records import SAMPLES_DIR, Role
     from analysis.store import ResultsStore
     from cluster.results import BranchCheckpoints
 
@@ -78,7 +78,7 @@ def worker_context(cfg: TrialConfig, results_uri: str, rank: int, world: int, re
         store = ResultsStore(results_uri)
 
         def save(name: str, data: bytes) -> None:
-            store.write_bytes(f"samples/{cfg.trial_id}/{name}", data)
+            store.write_bytes(f"{SAMPLES_DIR}/{cfg.trial_id}/{name}", data)
 
     points = BranchCheckpoints(results_uri) if results_uri and cfg.role in (Role.TRUNK, Role.BRANCH) else None
     return WorkerContext(rank, world, report, restore_dir, node_id, save, points)
@@ -89,25 +89,15 @@ def _run_in_process(cfg: TrialConfig, results_uri: str) -> None:
     import torch
     from ray import tune
 
-    from experiments.train_loop import disable_jit_comm_op, run_worker, set_distributed_env
+    from experiments.train_loop import disable_jit_comm_op, set_distributed_env
 
     set_distributed_env(0, 1, 0, 1, "127.0.0.1", _free_port())
     import deepspeed
 
     disable_jit_comm_op()
     deepspeed.init_distributed(dist_backend="nccl" if cfg.gpus_per_worker > 0 else "gloo")
-    restore = tune.get_checkpoint()
-
-    def report(result, checkpoint_dir: str | None) -> None:
-        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(result.to_tune(), checkpoint=ckpt)
-
     try:
-        if restore is None:
-            run_worker(cfg, worker_context(cfg, results_uri, 0, 1, report, None, _node_id(ray)))
-        else:
-            with restore.as_directory() as path:
-                run_worker(cfg, worker_context(cfg, results_uri, 0, 1, report, path, _node_id(ray)))
+        _train(cfg, tune, results_uri, 0, 1, _node_id(ray))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -144,7 +134,7 @@ def _train_worker(loop_config: dict) -> None:
     import ray
     import ray.train
 
-    from experiments.train_loop import run_worker, set_distributed_env
+    from experiments.train_loop import set_distributed_env
 
     cfg = TrialConfig.from_json(loop_config[TRIAL_KEY])
     _quiet_worker(loop_config["verbose"], cfg)
@@ -152,19 +142,25 @@ def _train_worker(loop_config: dict) -> None:
     master = os.environ.get("MASTER_ADDR", "127.0.0.1")
     set_distributed_env(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(),
                         ctx.get_local_world_size(), master, int(os.environ.get("MASTER_PORT", 29500)))
+    _train(cfg, ray.train, loop_config["results_uri"], ctx.get_world_rank(), ctx.get_world_size(), _node_id(ray))
+
+
+def _train(cfg: TrialConfig, api, results_uri: str, rank: int, world: int, node_id: str) -> None:
+    """The training loop, reporting through ``api`` (``ray.tune`` in a one-worker trial,
+    ``ray.train`` in each worker of a multi-worker one), from the start or from the checkpoint
+    that ``api`` holds for a restarted trial."""
+    from experiments.train_loop import run_worker
 
     def report(result, checkpoint_dir: str | None) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(result.to_tune(), checkpoint=ckpt)
+        ckpt = api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        api.report(result.to_tune(), checkpoint=ckpt)
 
-    restore = ray.train.get_checkpoint()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    uri = loop_config["results_uri"]
+    restore = api.get_checkpoint()
     if restore is None:
-        run_worker(cfg, worker_context(cfg, uri, rank, world, report, None, _node_id(ray)))
-    else:
-        with restore.as_directory() as path:
-            run_worker(cfg, worker_context(cfg, uri, rank, world, report, path, _node_id(ray)))
+        run_worker(cfg, worker_context(cfg, results_uri, rank, world, report, None, node_id))
+        return
+    with restore.as_directory() as path:
+        run_worker(cfg, worker_context(cfg, results_uri, rank, world, report, path, node_id))
 
 
 def _quiet_worker(verbose: bool, cfg: TrialConfig) -> None:

@@ -172,7 +172,7 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
     extra_sums: dict[str, float] = {}  # other training losses (a GAN's d_loss) since the last point
     history: list[dict[str, float]] = []  # evaluation points, for the family's health check
     step = progress.step
-    report = TrialReport(step=step, data_units=step * cfg.units_per_step, flops=0.0, **base)
+    report = _report(cfg, step, clock, base)
     while step < cfg.steps:
         t0 = time.perf_counter()
         batch = torch.from_numpy(data.batch(step, ctx.rank, ctx.world_size)).to(engine.device)
@@ -186,8 +186,8 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
         for key, value in out.items():
             extra_sums[key] = extra_sums.get(key, 0.0) + _mean_over_workers(value.float(), ctx.world_size)
         if not math.isfinite(mean_loss):
-            return _finish(ctx, cfg, step, {}, Status.DIVERGED, f"training loss is {mean_loss} at step {step}",
-                           "", clock, base)
+            return _finish(ctx, cfg, step, clock, base, status=Status.DIVERGED,
+                           error=f"training loss is {mean_loss} at step {step}")
         if step not in cfg.eval_steps:
             continue
         metrics = _evaluate(family, engine, val, ctx.world_size, cfg)
@@ -196,18 +196,16 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
         metrics.update({f"{TRAIN_PREFIX}{k}": v / len(losses) for k, v in extra_sums.items()})
         losses, extra_sums = [], {}
         if not math.isfinite(metrics["loss"]):
-            return _finish(ctx, cfg, step, metrics, Status.DIVERGED, f"held-out loss is {metrics['loss']}", "",
-                           clock, base)
+            return _finish(ctx, cfg, step, clock, base, metrics=metrics, status=Status.DIVERGED,
+                           error=f"held-out loss is {metrics['loss']}")
         history.append({**metrics, "step": step})
         status, caveat = family.health(history)
         if status == Status.DIVERGED:
-            return _finish(ctx, cfg, step, metrics, status, caveat, caveat, clock, base)
+            return _finish(ctx, cfg, step, clock, base, metrics=metrics, status=status, error=caveat, caveats=caveat)
         if step == cfg.steps:
             _save_artifacts(family, engine, val, cfg, ctx)
-            return _finish(ctx, cfg, step, metrics, status, "", caveat, clock, base)
-        report = TrialReport(step=step, data_units=step * cfg.units_per_step,
-                             flops=step * cfg.units_per_step * cfg.flops_per_unit, metrics=metrics,
-                             elapsed_s=clock.elapsed(), caveats=caveat, **base)
+            return _finish(ctx, cfg, step, clock, base, metrics=metrics, status=status, caveats=caveat)
+        report = _report(cfg, step, clock, base, metrics=metrics, caveats=caveat)
         _report_with_checkpoint(ctx, engine, report, _Progress(step=step, wall_s=report.elapsed_s))
     return report  # only reached when restored from a checkpoint at the very end
 
@@ -340,11 +338,17 @@ def _report_with_checkpoint(ctx: WorkerContext, engine, report: TrialReport, pro
         ctx.report(report, tmp)
 
 
-def _finish(ctx, cfg: TrialConfig, step: int, metrics: dict, status: Status, error: str, caveats: str,
-            clock: _Clock, base: dict) -> TrialReport:
+def _report(cfg: TrialConfig, step: int, clock: _Clock, base: dict, **fields) -> TrialReport:
+    """The report at ``step``: D and C trained so far, the wall time, ``base`` (what does not
+    change during a run) and ``fields``."""
     units = step * cfg.units_per_step
-    report = TrialReport(step=step, data_units=units, flops=units * cfg.flops_per_unit, metrics=metrics,
-                         elapsed_s=clock.elapsed(), done=True, status=status, error=error, caveats=caveats, **base)
+    return TrialReport(step=step, data_units=units, flops=units * cfg.flops_per_unit, elapsed_s=clock.elapsed(),
+                       **base, **fields)
+
+
+def _finish(ctx: WorkerContext, cfg: TrialConfig, step: int, clock: _Clock, base: dict, **fields) -> TrialReport:
+    """Send a trial's last report (``done``; no checkpoint: the trial is over)."""
+    report = _report(cfg, step, clock, base, done=True, **fields)
     ctx.report(report, None)
     return report
 
