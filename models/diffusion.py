@@ -40,7 +40,7 @@ from torch import nn
 
 from analysis.records import DataUnit, Metric
 from models.blocks import Block
-from models.family import DataShape, ModelFamily, ParamCount, doc_field, register
+from models.family import DataShape, ModelFamily, ParamCount, check_fields, doc_field, register
 from models.images import (
     count_params,
     discretized_gaussian_log_likelihood,
@@ -94,12 +94,7 @@ class DiffusionShape:
     timesteps: int = 1000
 
     def __post_init__(self) -> None:
-        for field in ("d_model", "n_layers", "n_heads", "patch", "image_size", "channels", "timesteps"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)}")
-        for name, kind in (("backbone", Backbone), ("noise_schedule", NoiseScheduleKind)):
-            if getattr(self, name) not in get_args(kind):
-                raise ValueError(f"{name} must be one of {list(get_args(kind))}, got {getattr(self, name)!r}")
+        check_fields(self, positive=("d_model", "n_layers", "n_heads", "patch", "image_size", "channels", "timesteps"))
         if self.backbone == "dit":
             if self.d_model % self.n_heads:
                 raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import typing
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Literal, Protocol
 
 import torch
 from torch import nn
@@ -198,6 +199,18 @@ def doc_field(default: Any = dataclasses.MISSING, doc: str = "") -> Any:
     """A dataclass field with its documentation (``metadata["doc"]``), which the generated
     spec reference (docs/spec.md) prints beside its name and default."""
     return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def check_fields(shape: Any, positive: Iterable[str]) -> None:
+    """The checks every shape type makes when it is built: each field in ``positive`` is at
+    least 1, and each field typed ``Literal[...]`` holds one of its values."""
+    for name in positive:
+        if getattr(shape, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(shape, name)}")
+    for name, tp in typing.get_type_hints(type(shape)).items():
+        allowed = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+        if allowed is not None and getattr(shape, name) not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(shape, name)!r}")
 
 
 def _fields(obj: Any) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Literal, get_args
+from typing import Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from analysis.records import DataUnit, Metric, Status
-from models.family import DataShape, ModelFamily, ParamCount, Preparation, doc_field, register
+from models.family import DataShape, ModelFamily, ParamCount, Preparation, check_fields, doc_field, register
 from models.gan_metrics import (
     FEATURE_NET_IMAGES,
     MIN_GENERATED,
@@ -62,7 +62,6 @@ from models.images import (
 )
 
 GANLoss = Literal["hinge", "ns"]
-GAN_LOSSES = get_args(GANLoss)
 EMA_DECAY = 0.99  # of the generator's weight average (half-life ~70 steps)
 
 
@@ -91,11 +90,7 @@ class GANShape:
     inception_weights: str | None = None  # standard FID's Inception weights (a local file), or none
 
     def __post_init__(self) -> None:
-        for field in ("width", "depth", "latent", "image_size", "channels"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)}")
-        if self.gan_loss not in GAN_LOSSES:
-            raise ValueError(f"gan_loss must be one of {list(GAN_LOSSES)}, got {self.gan_loss!r}")
+        check_fields(self, positive=("width", "depth", "latent", "image_size", "channels"))
         if self.image_size < 4 or self.image_size & (self.image_size - 1):
             raise ValueError(f"image_size must be a power of two, at least 4, got {self.image_size}")
 

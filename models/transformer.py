@@ -24,7 +24,7 @@ from torch import nn
 
 from analysis.records import DataUnit, Metric
 from models.blocks import Block
-from models.family import DataShape, ModelFamily, ParamCount, doc_field, register
+from models.family import DataShape, ModelFamily, ParamCount, check_fields, doc_field, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,9 +60,7 @@ class TransformerShape:
     vocab: int = 256  # byte-level by default
 
     def __post_init__(self) -> None:
-        for field in ("d_model", "n_layers", "n_heads", "context", "vocab"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)}")
+        check_fields(self, positive=("d_model", "n_layers", "n_heads", "context", "vocab"))
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})"

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Literal, get_args
+from typing import Iterable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from analysis.records import DataUnit, Metric
-from models.family import DataShape, ModelFamily, doc_field, register
+from models.family import DataShape, ModelFamily, check_fields, doc_field, register
 from models.images import (
     binarize,
     discretized_gaussian_log_likelihood,
@@ -77,11 +77,7 @@ class VAEShape:
     iw_samples: int = 0  # k of the importance-weighted bound at evaluation (0: off)
 
     def __post_init__(self) -> None:
-        for field in ("width", "depth", "latent", "image_size", "channels"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)}")
-        if self.likelihood not in get_args(Likelihood):
-            raise ValueError(f"likelihood must be one of {list(get_args(Likelihood))}, got {self.likelihood!r}")
+        check_fields(self, positive=("width", "depth", "latent", "image_size", "channels"))
         if self.iw_samples < 0 or self.iw_samples == 1:
             raise ValueError(f"iw_samples must be 0 (off) or at least 2, got {self.iw_samples}")
         if self.image_size < 4 or self.image_size & (self.image_size - 1):
