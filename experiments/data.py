@@ -137,18 +137,34 @@ def check_token_data(spec: DataSpec) -> None:
         builder = TEXT_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise FieldError(("paths", i), f"cannot read {name}: expected .txt, .jsonl or .parquet")
-        if builder != "text" and spec.text_field not in _columns(path, builder):
-            raise FieldError(("text_field",), f"column {spec.text_field!r} not in {name} "
-                             f"(columns: {sorted(_columns(path, builder))})")
+        if builder != "text":
+            check_column(path, builder, spec.text_field, ("text_field",))
 
 
-def _columns(path: Path, builder: str) -> set[str]:
+def check_column(path: Path, builder: str, column: str, field: tuple) -> None:
+    """Before launch: a table file (``datasets`` builder ``parquet``, ``arrow`` or ``json``)
+    has ``column`` (read from its schema or first line, not its data)."""
+    columns = table_columns(path, builder)
+    if column not in columns:
+        raise FieldError(field, f"column {column!r} not in {path} (columns: {sorted(columns)})")
+
+
+def table_columns(path: Path, builder: str) -> set[str]:
+    """The column names of a Parquet or Arrow file (its schema), or of a JSONL file (its first
+    row)."""
     import json
 
-    if builder == "parquet":
-        import pyarrow.parquet as pq
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    if builder == "parquet":
         return set(pq.read_schema(path).names)
+    if builder == "arrow":
+        with pa.memory_map(str(path)) as source:  # datasets writes Arrow files as IPC streams
+            try:
+                return set(pa.ipc.open_stream(source).schema.names)
+            except pa.ArrowInvalid:
+                return set(pa.ipc.open_file(source).schema.names)
     with path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             if line.strip():

@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from analysis.errors import UserError
-from experiments.data import _is_validation, hub_error
+from experiments.data import _is_validation, check_column, hub_error
 from experiments.spec import DataSpec, Source
 from experiments.yamlio import FieldError
 
@@ -89,9 +89,8 @@ def check_image_data(spec: DataSpec) -> None:
         for builder, files in groups:
             if builder == "imagefolder":
                 _check_first_image(spec, files[0], ("paths", i))
-            elif spec.image_field not in _table_columns(files[0], builder):
-                raise FieldError(("image_field",), f"column {spec.image_field!r} not in {files[0]} "
-                                 f"(columns: {sorted(_table_columns(files[0], builder))})")
+            else:
+                check_column(files[0], builder, spec.image_field, ("image_field",))
 
 
 def _check_first_image(spec: DataSpec, path: Path, field: tuple) -> None:
@@ -105,19 +104,6 @@ def _check_first_image(spec: DataSpec, path: Path, field: tuple) -> None:
     if size != (spec.image_size, spec.image_size) and not spec.resize:
         raise FieldError(("image_size",), f"{path} is {size[0]}x{size[1]} pixels, expected {spec.image_size}x"
                          f"{spec.image_size}; set data.image_size to match, or resize: true to rescale images")
-
-
-def _table_columns(path: Path, builder: str) -> set[str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if builder == "parquet":
-        return set(pq.read_schema(path).names)
-    with pa.memory_map(str(path)) as source:  # datasets writes Arrow files as IPC streams
-        try:
-            return set(pa.ipc.open_stream(source).schema.names)
-        except pa.ArrowInvalid:
-            return set(pa.ipc.open_file(source).schema.names)
 
 
 # --- sources --------------------------------------------------------------------------------
