@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_not_shadowed()
         return args.func(args)
-    except (UserError, UserError) as exc:
+    except UserError as exc:
         print(f"scalinglab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
