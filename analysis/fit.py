@@ -18,7 +18,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from analysis.allocation import budgets_of, fit_envelope, fit_isoflop
+from analysis.allocation import APPROACHES, budgets_of, compare_approaches, fit_envelope, fit_isoflop
+from analysis.compute import FlopsPerUnit, NCount
 from analysis.errors import UserError
 from analysis.laws import LAWS, fit_lse_law
 from analysis.points import Points, load_points, read_table
@@ -76,9 +77,10 @@ def identifiable(law: str, points: Points) -> str | None:
         groups = df.groupby(budgets_of(df))["N"].nunique()
         return None if (groups >= 3).sum() >= 2 else "needs >= 2 compute budgets with >= 3 sizes each"
     if law == "envelope":
-        if points.evals is None or "trial_id" not in df or df["trial_id"].nunique() < 2:
-            return "needs per-evaluation rows of at least 2 completed trials"
-        return None
+        if "trial_id" not in df:
+            return "needs a trial_id column (it resamples whole trials)"
+        frontier = len(subset_for("power_C", df)[0])
+        return None if frontier >= 3 else f"needs >= 3 points on the compute frontier (has {frontier})"
     sub, described = subset_for(law, df)
     var = law.split("_")[-1]
     need = 4 if LAWS[law].with_e else 3
@@ -90,24 +92,27 @@ def identifiable(law: str, points: Points) -> str | None:
 def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None = None,
              bootstrap: int = 1000, seed: int = 0, n_col: str = TRIALS.n_params, d_col: str = TRIALS.data_units,
              c_col: str = TRIALS.flops, loss_col: str = TRIALS.final_loss, full_grid: bool = False,
-             evals: pd.DataFrame | None = None, log=None) -> list[FitResult]:
+             n_count: NCount = NCount.SCALING, log=None) -> list[FitResult]:
     """Fit ``laws`` (default: every law the data can identify) to a results folder, a
     CSV/Parquet path or a DataFrame. ``predict`` holds targets like 'N=1e9,D=2e10'.
     ``full_grid`` runs L-BFGS from every grid start (slow), so ``starts_at_best`` counts
-    over the whole grid rather than its 32 best starts. ``evals`` gives a DataFrame source its
-    per-evaluation rows (a results folder brings its own)."""
+    over the whole grid rather than its 32 best starts. ``n_count`` chooses N: the family's
+    scaling count (``n_params``) or every parameter (``total_params``); an explicit ``n_col``
+    wins over it."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     unknown = [law for law in laws or [] if law not in LAW_NAMES]
     if unknown:
         raise UserError(f"unknown law(s) {unknown}; expected some of {LAW_NAMES}")
     # N and D are required when named explicitly, or when there is no compute column to fit
     # against; a table of published (C, loss) points alone needs neither.
-    table, evals = (source, evals) if isinstance(source, pd.DataFrame) else read_table(source)
+    table = source if isinstance(source, pd.DataFrame) else read_table(source)[0]
+    n_count = NCount(n_count)
+    if n_count is NCount.TOTAL and n_col == TRIALS.n_params:
+        n_col = TRIALS.total_params
     has_c = c_col in table.columns
     need = tuple(key for key, col, default in (("N", n_col, TRIALS.n_params), ("D", d_col, TRIALS.data_units))
                  if col != default or not has_c) + ("loss",)
     points = load_points(table, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, need=need)
-    points.evals = evals
     for w in points.warnings:
         log(f"warning: {w}")
     targets = [parse_target(t) for t in predict or []]
@@ -118,15 +123,18 @@ def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None
     results = []
     for law in chosen:
         log(f"fitting {law} ...")
-        if law in NONPARAMETRIC:
-            results.append(NONPARAMETRIC[law](points, bootstrap=bootstrap, seed=seed))
+        if law == "isoflop":
+            results.append(fit_isoflop(points, bootstrap=bootstrap, seed=seed, predict=targets))
+            continue
+        if law == "envelope":
+            results.append(fit_envelope(points, bootstrap=bootstrap, seed=seed))
             continue
         spec = LAWS[law]
         missing = [v for v in spec.variables if v not in points.frame]
         if missing:
             raise UserError(f"{law}: the table has no {', '.join(missing)} column")
         frame, subset = subset_for(law, points.frame)
-        sub = Points(frame.reset_index(drop=True), points.dropped, list(points.warnings), points.evals)
+        sub = Points(frame.reset_index(drop=True), points.dropped, list(points.warnings), flops=points.flops)
         usable = [t for t in targets if _can_predict(spec.variables, t, law)]
         result = fit_lse_law(spec, sub, bootstrap=bootstrap, seed=seed, predict=usable,
                              top_k=None if full_grid else 32)
@@ -134,6 +142,8 @@ def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None
         result.warnings += [f"--predict {t} skipped: {law} needs {', '.join(spec.variables)}"
                             for t in targets if t not in usable]
         results.append(result)
+    for result in results:
+        result.diagnostics["n_column"] = n_col
     return results
 
 
@@ -144,19 +154,57 @@ def _can_predict(variables, target, law) -> bool:
 
 def summary(results: list[FitResult]) -> str:
     lines = []
+    if results:
+        first = results[0].diagnostics
+        lines.append(f"compute: {FlopsPerUnit.from_json(first.get('compute')).describe()}")
+        if first.get("n_column"):
+            lines.append(f"N: column {first['n_column']!r}")
     for r in results:
         lines.append(f"{r.law}: {r.n_points} points ({r.dropped} dropped)"
                      + (f", R² (log) {r.r2_log:.4f}" if r.r2_log is not None else ""))
         for name, iv in {**r.params, **r.derived}.items():
             lines.append(f"  {name:>6} = {iv.value:.4g}  [{iv.low:.4g}, {iv.high:.4g}]")
-        held = r.diagnostics.get("held_out")
+        held = held_out_text(r)
         if held:
-            lines.append(f"  held-out: {held['n_held_out']} largest-C point(s) predicted within "
-                         f"{held['max_abs_rel_error']:.2%} (refit without them)")
-        for p in r.predictions:
-            where = ", ".join(f"{k}={p[k]:.3g}" for k in ("N", "D", "C") if k in p)
-            loss = p["loss"]
-            lines.append(f"  predict {where}: loss {loss.value:.4f} [{loss.low:.4f}, {loss.high:.4f}], "
-                         f"{p['extrapolation']:.3g}x beyond the data")
+            lines.append(f"  held-out: {held}")
+        lines += [f"  predict {prediction_text(p)}" for p in r.predictions]
         lines += [f"  warning: {w}" for w in r.warnings]
+    side_by_side = compare_approaches(results)
+    if side_by_side:
+        lines.append(f"allocation at C={side_by_side['C']:.3g}, by each approach (95% intervals):")
+        for law, row in side_by_side["approaches"].items():
+            lines.append(f"  {APPROACHES[law]:<32} a = {row['a'].text('.3f')}, "
+                         f"{row['D_per_N'].text('.3g')} data units per parameter")
+        lines += [f"  warning: {w}" for w in side_by_side["warnings"]]
     return "\n".join(lines)
+
+
+def held_out_text(fit: FitResult) -> str | None:
+    """The held-out check in words (what the summary and the report's fit table show)."""
+    held = fit.diagnostics.get("held_out")
+    if not held:
+        return None
+    if "N_opt" in held:  # IsoFLOP: the largest budget left out
+        return (f"refit without the largest budget, its N_opt is predicted {held['rel_error']:+.1%} off "
+                f"({held['N_opt_predicted']:.3g} vs {held['N_opt']:.3g})")
+    return (f"{held['n_held_out']} largest-C point(s) predicted within {held['max_abs_rel_error']:.2%} "
+            "(refit without them)")
+
+
+def prediction_text(p: dict) -> str:
+    """'N=…, D=…, C=…: loss … [low, high], …x beyond the data' of one prediction."""
+    loss = f": loss {p['loss'].text('.4f')}" if "loss" in p else ""
+    return f"{_where(p)}{loss}, {p['extrapolation']:.3g}x beyond the data"
+
+
+
+def _where(p: dict) -> str:
+    """'N=…, D=…, C=…' of a prediction; a compute-optimal split's N and D with their intervals."""
+    parts = []
+    for k in ("N", "D", "C"):
+        if k in p:
+            iv = p.get(f"{k}_interval")
+            parts.append(f"{k}={p[k]:.3g}" + (f" [{iv.low:.3g}, {iv.high:.3g}]" if iv is not None else ""))
+    if "D_per_N" in p:
+        parts.append(f"{p['D_per_N']:.3g} per parameter")
+    return ", ".join(parts)

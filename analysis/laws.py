@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis import lse_fit
+from analysis.compute import FlopsPerUnit, allocation_constants, optimal_split
 from analysis.errors import UserError
 from analysis.points import Points
 from analysis.results import FitResult, Interval, interval_warnings, r2_log
@@ -114,13 +115,16 @@ def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: i
                 f" of {check['sampled']} checked resamples: intervals may be too narrow")
     if nat_samples is not None:
         result.samples = {name: nat_samples[:, i] for i, name in enumerate(spec.param_names)}
+    result.diagnostics["compute"] = points.flops.to_json()
+    result.diagnostics["C_max"] = float(df["C"].max()) if "C" in df else None
     if spec.name == "chinchilla":
-        result.derived, draws = _allocation(best, samples)
+        result.derived, draws = _allocation(spec, best, samples, points.flops, float(df["C"].max()))
         if draws is not None and result.samples is not None:
-            result.samples.update({name: draws[:, i] for i, name in enumerate(("a", "b", "G"))})
+            result.samples.update(draws)
+        result.warnings += points.flops.warnings()
     result.warnings += _identifiability(spec, df, best) + interval_warnings(params)
     for target in predict or []:
-        result.predictions.append(_predict(spec, df, best, samples, target))
+        result.predictions.append(_predict(spec, df, best, samples, target, points.flops))
     return result
 
 
@@ -139,30 +143,25 @@ def _held_out(spec, df, logx, logy, top_k) -> dict | None:
             "max_abs_rel_error": float(np.abs(np.expm1(err)).max())}
 
 
-def optimal_split(params: dict, c) -> dict:
-    """The compute-optimal {"N", "D"} for compute C under Chinchilla's allocation (C = 6·N·D):
-    N_opt = G·(C/6)^a and D_opt = (C/6)^b / G, from ``params`` with G, a and b (floats, or
-    arrays of bootstrap draws that broadcast against C). The one place the split is computed."""
-    g, a, b = params["G"], params["a"], params["b"]
-    return {"N": g * (c / 6) ** a, "D": (c / 6) ** b / g}
-
-
-def _allocation(best: np.ndarray, samples: np.ndarray | None) -> tuple[dict[str, Interval], np.ndarray | None]:
-    """Compute-optimal allocation from (e, a, α, b, β): a = β/(α+β), b = α/(α+β),
-    G = (αA / (βB))^(1/(α+β)); N_opt = G·(C/6)^a, D_opt = (C/6)^b / G."""
-
-    def derive(p):
-        _, la, alpha, lb, beta = p
-        s = alpha + beta
-        if alpha <= 0 or beta <= 0:
-            return np.array([beta / s, alpha / s, np.nan])
-        log_g = (np.log(alpha) + la - np.log(beta) - lb) / s  # in log space: A, B can be huge
-        return np.array([beta / s, alpha / s, np.exp(np.clip(log_g, -700, 700))])
-
-    value = derive(best)
-    draws = None if samples is None else np.array([derive(s) for s in samples])
-    return {name: Interval.from_samples(value[i], None if draws is None else draws[:, i])
-            for i, name in enumerate(("a", "b", "G"))}, draws
+def _allocation(spec: LawSpec, best: np.ndarray, samples: np.ndarray | None, flops: FlopsPerUnit,
+                c_max: float) -> tuple[dict[str, Interval], dict[str, np.ndarray] | None]:
+    """The compute-optimal allocation N_opt ∝ C^a, D_opt ∝ C^b under ``flops``. With f(N) = k·N
+    (6ND included) a = β/(α+β), b = α/(α+β) and G = (αA/(βB))^(1/(α+β)) give the closed form
+    N_opt = G·(C/k)^a, D_opt = (C/k)^b / G; otherwise a and b are the local exponents at the
+    data's largest C, ``c_max``, and there is no G."""
+    rows = best[None, :] if samples is None else np.vstack([best, samples])
+    _, la, alpha, lb, beta = rows.T
+    if flops.linear:
+        a, b, g = allocation_constants(alpha, beta, la, lb)
+        columns = {"a": a, "b": b, "G": g}
+    else:
+        law = {"A": np.exp(la)[:, None], "alpha": alpha[:, None], "B": np.exp(lb)[:, None], "beta": beta[:, None]}
+        split = optimal_split(law, flops, np.array([c_max / 1.01, c_max * 1.01]))
+        step = 2 * np.log(1.01)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            columns = {key: np.diff(np.log(split[var]), axis=1)[:, 0] / step for key, var in (("a", "N"), ("b", "D"))}
+    derived = {name: Interval.from_samples(v[0], None if samples is None else v[1:]) for name, v in columns.items()}
+    return derived, None if samples is None else {name: v[1:] for name, v in columns.items()}
 
 
 def _identifiability(spec: LawSpec, df, best: np.ndarray) -> list[str]:
@@ -183,36 +182,75 @@ def _identifiability(spec: LawSpec, df, best: np.ndarray) -> list[str]:
             elif nat[name] >= max(lse_fit.GRID_ALPHA):
                 out.append(f"{name} = {nat[name]:.3g} is at or beyond the edge of the initial grid "
                            f"(max {max(lse_fit.GRID_ALPHA)})")
-    if spec.with_e and best[0] < lse_fit.GRID_E[0] - 2:
+    lowest_e, _ = lse_fit.e_grid(np.log(df["loss"].to_numpy(float)))
+    if spec.with_e and best[0] < lowest_e - 2:
         out.append(f"E = {np.exp(best[0]):.3g} ran to zero: the data show no irreducible loss in this "
                    "range, so E is not identified and its interval means nothing (the fit has no "
                    "gradient in E there); try the form without E or data closer to saturation")
-    elif spec.with_e and best[0] > lse_fit.GRID_E[-1] + 2:
-        out.append(f"E = {np.exp(best[0]):.3g} lies far above the grid of initial values")
+    elif spec.with_e and np.exp(best[0]) >= df["loss"].min():
+        out.append(f"E = {np.exp(best[0]):.3g} is at or above the lowest loss in the data "
+                   f"({df['loss'].min():.3g}): the law's floor is not below the points")
     return out
 
 
-def _predict(spec: LawSpec, df, best, samples, target: dict) -> dict:
-    """Loss at a target. ``target`` holds some of N, D, C. For Chinchilla a C alone is
-    split compute-optimally (C = 6·N·D); extrapolation = the largest ratio of a target to
-    the largest value of that variable in the data."""
+def _predict(spec: LawSpec, df, best, samples, target: dict, flops: FlopsPerUnit) -> dict:
+    """Loss at a target. ``target`` holds some of N, D, C. For Chinchilla a C alone is split
+    compute-optimally under ``flops``, each bootstrap draw by its own law, so the loss interval
+    includes the split's uncertainty; N, D and D_per_N stay numbers (the point estimate's split)
+    with their intervals beside them (``N_interval`` …). Given N and D, C = f(N)·D.
+    Extrapolation = the largest ratio of a target to the largest value of that variable in the data."""
     point = {k: float(v) for k, v in target.items()}
+    draw_x = None
     if spec.name == "chinchilla" and set(point) == {"C"}:
-        alloc, _ = _allocation(best, None)
-        point.update(optimal_split({k: v.value for k, v in alloc.items()}, point["C"]))
+        split = optimal_split(natural(spec, best), flops, point["C"])
+        point.update({"N": float(split["N"]), "D": float(split["D"])})
         point["D_per_N"] = point["D"] / point["N"]  # of the compute-optimal split
+        if samples is not None:
+            law = {k: v[:, None] for k, v in _natural_draws(spec, samples).items()}
+            draws = optimal_split(law, flops, np.array([point["C"]]))
+            draw_x = {"N": draws["N"][:, 0], "D": draws["D"][:, 0]}
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = draw_x["D"] / draw_x["N"]
+            for key, v in (("N", draw_x["N"]), ("D", draw_x["D"]), ("D_per_N", ratio)):
+                point[f"{key}_interval"] = Interval.from_samples(point[key], v)
     if "C" not in point and {"N", "D"} <= set(point):
-        point["C"] = 6 * point["N"] * point["D"]
+        point["C"] = float(flops(point["N"])) * point["D"]
     missing = [v for v in spec.variables if v not in point]
     if missing:
         raise UserError(f"--predict for {spec.name} needs {', '.join(missing)} (got {', '.join(target)})")
     logx = np.log([[point[v] for v in spec.variables]])
     value = float(np.exp(lse_fit.predict_log(best, logx, spec.with_e)[0]))
-    draws = None if samples is None else np.exp(lse_fit.predict_log(samples, logx, spec.with_e)[:, 0])
+    draws_loss = None
+    if samples is not None and draw_x is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            own = np.log(np.stack([draw_x[v] for v in spec.variables], axis=1))  # [K, 2]: each draw's split
+            draws_loss = np.exp(np.array([lse_fit.predict_log(s, x[None, :], spec.with_e)[0]
+                                          for s, x in zip(samples, own)]))
+    elif samples is not None:
+        draws_loss = np.exp(lse_fit.predict_log(samples, logx, spec.with_e)[:, 0])
     reach = {v: point[v] / float(df[v].max()) for v in ("N", "D", "C") if v in point and v in df}
-    out = {**point, "loss": Interval.from_samples(value, draws), "extrapolation": max(reach.values()),
+    out = {**point, "loss": Interval.from_samples(value, draws_loss), "extrapolation": max(reach.values()),
            "extrapolation_by_axis": reach}
     return out
+
+
+def split_of(fit: FitResult, c, *, draws: bool = False) -> dict | None:
+    """The compute-optimal {"N", "D"} of a fitted Chinchilla law at compute ``c`` ([M]), under
+    the fit's own compute convention; ``draws``: one row per bootstrap draw ([K, M]), None
+    without draws. What the report draws."""
+    flops = FlopsPerUnit.from_json(fit.diagnostics.get("compute"))
+    names = ("A", "alpha", "B", "beta")
+    if not draws:
+        return optimal_split({k: fit.params[k].value for k in names}, flops, c)
+    if not fit.samples or any(k not in fit.samples for k in names):
+        return None
+    return optimal_split({k: np.asarray(fit.samples[k], float)[:, None] for k in names}, flops, c)
+
+
+def _natural_draws(spec: LawSpec, samples: np.ndarray) -> dict[str, np.ndarray]:
+    with np.errstate(over="ignore"):
+        return {name: samples[:, i] if name in ("alpha", "beta") else np.exp(samples[:, i])
+                for i, name in enumerate(spec.param_names)}
 
 
 # --- bootstrap ------------------------------------------------------------------------------

@@ -30,9 +30,13 @@ import numpy as np
 from scipy.optimize import minimize
 
 HUBER_DELTA = 1e-3
-# Hoffmann et al.'s grid of initial values (Besiroglu et al. use the same ranges).
-GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
-GRID_A = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+# The grid of initial values. Hoffmann et al. (and Besiroglu et al.) used e ∈ [−1, 1] and
+# a ∈ [0, 25] for losses in nats per token; here both are set relative to the data's own
+# smallest loss L_min, so a family whose loss is an ε-MSE (~0.05), nats per dimension or an
+# FD (~1-200) gets the same starts relative to its scale: E from 14% to 95% of L_min, and
+# log A from log L_min to log L_min + 25.
+GRID_E = tuple(float(v) for v in np.log([0.14, 0.37, 0.61, 0.82, 0.95]))  # log(E / L_min)
+GRID_A = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)  # log A − log L_min
 GRID_ALPHA = (0.0, 0.5, 1.0, 1.5, 2.0)
 LBFGS_OPTIONS = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000, "maxcor": 20}
 
@@ -94,10 +98,18 @@ def objective(params: np.ndarray, logx: np.ndarray, logy: np.ndarray, with_e: bo
     return float(loss.sum()), grad
 
 
-def grid(k: int, with_e: bool) -> np.ndarray:
-    """Every combination of the initial values: [G, P]."""
-    axes = ([GRID_E] if with_e else []) + [GRID_A, GRID_ALPHA] * k
+def grid(k: int, with_e: bool, log_scale: float = 0.0) -> np.ndarray:
+    """Every combination of the initial values, for data whose smallest loss is
+    exp(``log_scale``): [G, P]."""
+    e_axis = [log_scale + v for v in GRID_E]
+    a_axis = [log_scale + v for v in GRID_A]
+    axes = ([e_axis] if with_e else []) + [a_axis, GRID_ALPHA] * k
     return np.array(list(itertools.product(*axes)), dtype=float)
+
+
+def e_grid(logy: np.ndarray) -> tuple[float, float]:
+    """(lowest, highest) initial log E for these data."""
+    return float(np.min(logy)) + GRID_E[0], float(np.min(logy)) + GRID_E[-1]
 
 
 def grid_objectives(starts: np.ndarray, logx: np.ndarray, logy: np.ndarray, with_e: bool,
@@ -144,7 +156,7 @@ def fit_from_grid(logx: np.ndarray, logy: np.ndarray, with_e: bool, *,
     """Evaluate the whole grid vectorised, run L-BFGS from the ``top_k`` best starts (every
     start when ``top_k`` is None: the slow, exhaustive way) and keep the best optimum.
     ``starts_at_best`` counts optima within ``rel_tol`` of the best objective."""
-    starts = grid(logx.shape[1], with_e)
+    starts = grid(logx.shape[1], with_e, float(np.min(logy)))
     values = grid_objectives(starts, logx, logy, with_e)
     order = np.argsort(values, kind="stable")
     chosen = order if top_k is None else order[:top_k]

@@ -3,7 +3,8 @@
 ``load_points`` returns a clean frame with columns ``N``, ``D``, ``C``, ``loss`` (and
 ``budget`` when the table has isoflop budgets), plus warnings that count what was dropped:
 rows with NaN, inf or non-positive values, or a status other than ``completed``.
-When the table has no compute column, C = 6·N·D.
+C is the table's FLOPs column; only a table without one gets C = 6·N·D, and ``Points.flops``
+says which (``analysis.compute``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.compute import SIX_ND, Convention, FlopsPerUnit, fit_flops_per_unit
 from analysis.errors import UserError
 from analysis.records import EVALS, TRIALS, Role, Status
 from analysis.store import ResultsStore
@@ -24,7 +26,7 @@ class Points:
     frame: pd.DataFrame  # columns N, D, C, loss (+ budget)
     dropped: int = 0
     warnings: list[str] = field(default_factory=list)
-    evals: pd.DataFrame | None = None  # per-evaluation rows, when read from a results folder
+    flops: FlopsPerUnit = SIX_ND  # what C is, and FLOPs per data unit as a function of N
 
 
 def read_table(source: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -55,10 +57,7 @@ def load_points(source: str | Path | pd.DataFrame, *, n_col: str = TRIALS.n_para
                 c_col: str = TRIALS.flops, loss_col: str = TRIALS.final_loss, status_col: str = TRIALS.status,
                 need: tuple[str, ...] = ("N", "D", "loss")) -> Points:
     """Clean points for fitting; ``need`` names the columns the caller's laws use."""
-    evals = None
-    table = source if isinstance(source, pd.DataFrame) else None
-    if table is None:
-        table, evals = read_table(source)
+    table = source if isinstance(source, pd.DataFrame) else read_table(source)[0]
     mapping = {"N": n_col, "D": d_col, "C": c_col, "loss": loss_col}
     missing = [f"{mapping[k]!r} ({k})" for k in need if mapping[k] not in table.columns
                and not (k == "C" and {n_col, d_col} <= set(table.columns))]
@@ -95,4 +94,13 @@ def load_points(source: str | Path | pd.DataFrame, *, n_col: str = TRIALS.n_para
         warnings.append(f"dropped {int(bad_values.sum())} row(s) with a missing, infinite or "
                         f"non-positive value in {', '.join(mapping[k] for k in used if mapping[k] in table.columns)}")
     keep &= finite
-    return Points(out[keep].reset_index(drop=True), int((~keep).sum()), warnings, evals)
+    frame = out[keep].reset_index(drop=True)
+    return Points(frame, int((~keep).sum()), warnings, _flops_form(frame, c_col in table.columns))
+
+
+def _flops_form(frame: pd.DataFrame, has_flops: bool) -> FlopsPerUnit:
+    if not has_flops:
+        return SIX_ND
+    if not {"N", "D", "C"} <= set(frame.columns):  # a compute-only table: C is the table's, no split
+        return FlopsPerUnit(convention=Convention.TABLE)
+    return fit_flops_per_unit(frame["N"].to_numpy(), frame["C"].to_numpy(), frame["D"].to_numpy())

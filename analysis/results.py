@@ -28,6 +28,10 @@ class Interval:
     def to_json(self) -> dict:
         return {"value": _num(self.value), "low": _num(self.low), "high": _num(self.high)}
 
+    def text(self, spec: str = ".4g") -> str:
+        """'value [low, high]' in the format ``spec``."""
+        return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
 
 @dataclass
 class FitResult:
@@ -68,7 +72,10 @@ class FitResult:
         def iv(d):
             return Interval(*(float("nan") if d[k] is None else float(d[k]) for k in ("value", "low", "high")))
 
-        predictions = [{**p, "loss": iv(p["loss"])} for p in doc.get("predictions", [])]
+        def is_interval(v):
+            return isinstance(v, dict) and set(v) == {"value", "low", "high"}
+
+        predictions = [{k: iv(v) if is_interval(v) else v for k, v in p.items()} for p in doc.get("predictions", [])]
         samples = doc.get("samples")
         return cls(doc["law"], int(doc["n_points"]), int(doc["dropped"]),
                    {k: iv(v) for k, v in doc["params"].items()}, {k: iv(v) for k, v in doc.get("derived", {}).items()},

@@ -43,7 +43,7 @@ def fit_for_report(data: ReportData, *, predict: list[str] | None = None, bootst
     from analysis.fit import fit_laws
 
     try:
-        return fit_laws(data.trials, evals=data.evals, predict=predict, bootstrap=bootstrap, seed=seed,
+        return fit_laws(data.trials, predict=predict, bootstrap=bootstrap, seed=seed,
                         log=lambda msg: None), None
     except UserError as exc:
         return [], str(exc)
@@ -77,7 +77,7 @@ def report_figures(data: ReportData, fits: list[FitResult]) -> dict[str, go.Figu
                 figs[f"scaling_{axis}"] = scaling_figure(t, fits, axis)
     if "isoflop" in by_law:
         figs["isoflop"] = isoflop_figure(t, by_law["isoflop"])
-    if {"isoflop", "envelope"} & set(by_law) or "G" in getattr(by_law.get("chinchilla"), "derived", {}):
+    if {"isoflop", "envelope"} & set(by_law) or "a" in getattr(by_law.get("chinchilla"), "derived", {}):
         targets = [p["C"] for f in fits for p in f.predictions if "C" in p]
         figs["frontier"] = frontier_figure(t, fits, targets)
     if "chinchilla" in by_law:

@@ -9,7 +9,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.fit import subset_for
-from analysis.laws import law_value, optimal_split
+from analysis.allocation import isoflop_split
+from analysis.compute import Convention, FlopsPerUnit
+from analysis.laws import law_value, split_of
 from analysis.report.figures import add_curve, band, completed_points, data_unit, loss_unit, shade_beyond
 from analysis.report.style import (
     OKABE_ITO,
@@ -40,15 +42,15 @@ def isoflop_figure(trials: pd.DataFrame, isoflop: FitResult) -> go.Figure:
             x=g["N"], y=g["loss"], mode="markers", name=label, legendgroup=label,
             marker={"color": colour, "size": 8}, customdata=g[["trial_id", "D"]].to_numpy(),
             hovertemplate="%{customdata[0]}<br>N=%{x:.3g}, D=%{customdata[1]:.3g}<br>loss %{y:.4f}<extra></extra>"))
-        q2, q1, q0 = row["parabola"]
+        profile = row["profile"]
         lo = min(np.log(g["N"].min()), np.log(row["N_opt"]))
         hi = max(np.log(g["N"].max()), np.log(row["N_opt"]))
         x = np.linspace(lo, hi, 80)
-        fig.add_trace(go.Scatter(x=np.exp(x), y=q2 * x * x + q1 * x + q0, mode="lines", legendgroup=label,
+        fig.add_trace(go.Scatter(x=np.exp(x), y=np.polyval(profile, x), mode="lines", legendgroup=label,
                                  showlegend=False, line={"color": colour}, hoverinfo="skip"))
         x_opt = np.log(row["N_opt"])
         fig.add_trace(go.Scatter(
-            x=[row["N_opt"]], y=[q2 * x_opt ** 2 + q1 * x_opt + q0], mode="markers", legendgroup=label,
+            x=[row["N_opt"]], y=[np.polyval(profile, x_opt)], mode="markers", legendgroup=label,
             showlegend=False,
             marker={"symbol": "star" if row["minimum_inside"] else "star-open", "size": 15, "color": colour,
                     "line": {"color": "black", "width": 1}},
@@ -57,7 +59,7 @@ def isoflop_figure(trials: pd.DataFrame, isoflop: FitResult) -> go.Figure:
     fig.update_xaxes(type="log", title_text=axis_label("N"))
     fig.update_yaxes(title_text=loss_label(loss_unit(trials)))
     fig.update_layout(template=TEMPLATE, height=460, title="IsoFLOP profiles: loss vs N at each compute budget "
-                      "(parabolas in log N; stars at their minima)")
+                      f"({'cubics' if isoflop.diagnostics.get('profile_degree') == 3 else 'parabolas'} in log N; stars at their minima)")
     return fig
 
 
@@ -73,31 +75,16 @@ def frontier_figure(trials: pd.DataFrame, fits: list[FitResult], targets_c: list
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
                         subplot_titles=("N_opt(C)", "D_opt(C)", f"{unit} per parameter at the optimum"))
     chin = by_law.get("chinchilla")
-    if chin is not None and "G" in chin.derived:
-        value = {k: v.value for k, v in chin.derived.items()}
-        split = optimal_split(value, grid)
-        curves = [split["N"], split["D"], split["D"] / split["N"]]
-        bands = [None] * 3
-        if chin.samples and "G" in chin.samples:
-            draws = optimal_split({k: chin.samples[k][:, None] for k in ("a", "b", "G")}, grid)
-            bands = [band(draws["N"]), band(draws["D"]), band(draws["D"] / draws["N"])]
-        a, b = chin.derived["a"], chin.derived["b"]
-        name = f"chinchilla: a={a.value:.3f} [{a.low:.3f}, {a.high:.3f}], b={b.value:.3f} [{b.low:.3f}, {b.high:.3f}]"
-        for col, (y, spread) in enumerate(zip(curves, bands), start=1):
-            _line(fig, col, grid, y, spread, law_colour("chinchilla"), name, show=col == 1)
+    if chin is not None and "a" in chin.derived:
+        _allocation_lines(fig, grid, split_of(chin, grid), split_of(chin, grid, draws=True), chin, "chinchilla")
     iso = by_law.get("isoflop")
     if iso is not None:
         rows = iso.diagnostics["budgets"]
+        _allocation_lines(fig, grid, isoflop_split(iso, grid), isoflop_split(iso, grid, draws=True), iso, "isoflop")
         c = np.array([r["C"] for r in rows])
-        a, b = iso.params["a"], iso.params["b"]
-        name = f"isoflop: a={a.value:.3f} [{a.low:.3f}, {a.high:.3f}], b={b.value:.3f} [{b.low:.3f}, {b.high:.3f}]"
-        n_fit = np.exp(iso.diagnostics["log_k"]) * grid ** a.value
-        for col, (y_pts, y_fit) in enumerate(
-                ((np.array([r["N_opt"] for r in rows]), n_fit),
-                 (np.array([r["D_opt"] for r in rows]), grid / (6 * n_fit)),
-                 (np.array([r["D_per_N"] for r in rows]), grid / (6 * n_fit ** 2))), start=1):
-            _line(fig, col, grid, y_fit, None, law_colour("isoflop"), name, show=col == 1, dash="dash")
-            fig.add_trace(go.Scatter(x=c, y=y_pts, mode="markers", legendgroup=name, showlegend=False,
+        for col, key in enumerate(("N_opt", "D_opt", "D_per_N"), start=1):
+            fig.add_trace(go.Scatter(x=c, y=[r[key] for r in rows], mode="markers", legendgroup="isoflop",
+                                     showlegend=False,
                                      marker={"symbol": "star", "size": 12, "color": law_colour("isoflop")},
                                      hovertemplate="IsoFLOP minimum: C=%{x:.3g}, %{y:.3g}<extra></extra>"),
                           row=1, col=col)
@@ -118,16 +105,33 @@ def frontier_figure(trials: pd.DataFrame, fits: list[FitResult], targets_c: list
     return fig
 
 
+def _allocation_lines(fig, grid, split, draws, fit: FitResult, law: str) -> None:
+    """N_opt, D_opt and D_opt/N_opt of one approach against C, with 95% bands from its draws."""
+    params = fit.params if law == "isoflop" else fit.derived
+    a, b = params["a"], params["b"]
+    name = f"{law}: a={a.value:.3f} [{a.low:.3f}, {a.high:.3f}], b={b.value:.3f} [{b.low:.3f}, {b.high:.3f}]"
+    curves = [split["N"], split["D"], split["D"] / split["N"]]
+    bands = [None] * 3
+    if draws is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bands = [band(draws["N"]), band(draws["D"]), band(draws["D"] / draws["N"])]
+    for col, (y, spread) in enumerate(zip(curves, bands), start=1):
+        _line(fig, col, grid, y, spread, law_colour(law), name, show=col == 1,
+              dash="dash" if law == "isoflop" else "solid")
+
+
 def _line(fig, col, x, y, band, colour, name, show, dash="solid") -> None:
     add_curve(fig, name, x, y, band, colour, group=name, show=show, dash=dash, row=1, col=col,
               hover="C=%{x:.3g}: %{y:.3g}<extra></extra>")
 
 
 def chinchilla_contours(trials: pd.DataFrame, chin: FitResult) -> go.Figure:
-    """Contours of the fitted L(N, D) over log₁₀ N × log₁₀ D, with iso-compute lines
-    (C = 6·N·D), the efficient frontier (the lowest loss on each such line) and the points."""
+    """Contours of the fitted L(N, D) over log₁₀ N × log₁₀ D, with iso-compute lines in the
+    fit's own C (f(N)·D: the FLOPs the trials cost, or 6·N·D for a table without them), the
+    efficient frontier (the lowest loss on each such line) and the points."""
     unit = data_unit(trials)
     pts = completed_points(trials)
+    flops = FlopsPerUnit.from_json(chin.diagnostics.get("compute"))
     value = {k: v.value for k, v in {**chin.params, **chin.derived}.items()}
     ln_lo, ln_hi = np.log10(pts["N"].min()) - 0.5, np.log10(pts["N"].max()) + 0.5
     ld_lo, ld_hi = np.log10(pts["D"].min()) - 0.5, np.log10(pts["D"].max()) + 0.5
@@ -138,17 +142,22 @@ def chinchilla_contours(trials: pd.DataFrame, chin: FitResult) -> go.Figure:
         contours={"showlabels": True, "labelfont": {"size": 9, "color": "white"}},
         colorbar={"title": {"text": loss_label(loss_unit(trials))}, "thickness": 14},
         hovertemplate="N=10^%{x:.2f}, D=10^%{y:.2f}<br>fitted loss %{z:.4f}<extra></extra>"))
-    for log_c in np.arange(np.ceil(ln_lo + ld_lo + np.log10(6)), np.floor(ln_hi + ld_hi + np.log10(6)) + 1):
-        x = np.array([ln_lo, ln_hi])
-        fig.add_trace(go.Scatter(x=x, y=log_c - np.log10(6) - x, mode="lines", showlegend=False,
+    log_f = np.log10(flops(10 ** ln))  # log₁₀ FLOPs per data unit along the N axis
+    c_lo, c_hi = log_f[0] + ld_lo, log_f[-1] + ld_hi
+    convention = "C = 6ND" if flops.convention is Convention.SIX_ND else "C = FLOPs the trials cost"
+    for log_c in np.arange(np.ceil(c_lo), np.floor(c_hi) + 1):
+        y = log_c - log_f
+        inside = (y >= ld_lo) & (y <= ld_hi)
+        if inside.sum() < 2:
+            continue
+        fig.add_trace(go.Scatter(x=ln[inside], y=y[inside], mode="lines", showlegend=False,
                                  line={"color": "white", "width": 1, "dash": "dot"},
                                  hovertemplate=f"C = 1e{log_c:.0f} FLOPs<extra></extra>"))
-        x_label = min(ln_hi, log_c - np.log10(6) - ld_lo) - 0.05  # where the line leaves the plot
-        fig.add_annotation(x=x_label, y=log_c - np.log10(6) - x_label, text=f"C=1e{log_c:.0f}", showarrow=False,
+        last = np.flatnonzero(inside)[-1]  # where the line leaves the plot
+        fig.add_annotation(x=ln[last] - 0.05, y=y[last], text=f"C=1e{log_c:.0f}", showarrow=False,
                            xanchor="right", yanchor="bottom", font={"color": "white", "size": 10})
-    if "G" in value:
-        c = np.geomspace(6 * 10 ** (ln_lo + ld_lo), 6 * 10 ** (ln_hi + ld_hi), 100)
-        split = optimal_split(value, c)
+    if "a" in value:
+        split = split_of(chin, np.geomspace(10 ** c_lo, 10 ** c_hi, 100))
         fig.add_trace(go.Scatter(x=np.log10(split["N"]), y=np.log10(split["D"]), mode="lines",
                                  name="efficient frontier", line={"color": OKABE_ITO[1], "width": 3},
                                  hovertemplate="N_opt=10^%{x:.2f}, D_opt=10^%{y:.2f}<extra></extra>"))
@@ -159,7 +168,7 @@ def chinchilla_contours(trials: pd.DataFrame, chin: FitResult) -> go.Figure:
     fig.update_xaxes(range=[ln_lo, ln_hi], title_text="log₁₀ N (parameters)")
     fig.update_yaxes(range=[ld_lo, ld_hi], title_text=f"log₁₀ D ({unit})")
     fig.update_layout(template=TEMPLATE, height=520, title="Chinchilla law L(N, D): contours, iso-compute "
-                      "lines (dotted, C = 6ND) and the efficient frontier", legend={"orientation": "h", "y": -0.15})
+                      f"lines (dotted, {convention}) and the efficient frontier", legend={"orientation": "h", "y": -0.15})
     return fig
 
 

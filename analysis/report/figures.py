@@ -18,7 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.laws import law_value, optimal_split
+from analysis.laws import law_value, split_of
 from analysis.points import load_points
 from analysis.records import EVALS, LOSS, TRIALS
 from analysis.report.style import (
@@ -181,11 +181,10 @@ def _law_curves(fit: FitResult, axis: str, grid: np.ndarray, pts: pd.DataFrame, 
             x = {axis: grid, other: np.full_like(grid, level)}
             yield (f"chinchilla at {other}={sci(level)}", grid, law_value(law, value, **x),
                    None if draws is None else band(law_value(law, draws, **x)), colours[level])
-    elif law == "chinchilla" and axis == "C" and "G" in value:
-        x = optimal_split(value, grid)
-        spread = None
-        if draws is not None and "G" in draws:
-            spread = band(law_value(law, draws, **optimal_split(draws, grid)))
+    elif law == "chinchilla" and axis == "C" and "a" in value:
+        x = split_of(fit, grid)
+        split_draws = split_of(fit, grid, draws=True)
+        spread = None if split_draws is None else band(law_value(law, draws, **split_draws))
         yield ("chinchilla, compute-optimal N and D", grid, law_value(law, value, **x), spread,
                law_colour(law))
 

@@ -15,6 +15,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from analysis.allocation import APPROACHES, compare_approaches
+from analysis.fit import held_out_text, prediction_text
 from analysis.records import TRIALS, Role, Status
 from analysis.report.data import ReportData
 from analysis.report.figures import data_unit
@@ -202,13 +204,8 @@ def fit_table(fits: list[FitResult]) -> str:
     for f in fits:
         params = "<br>".join(f"{esc(k)} = {sci(v.value, 4)} [{sci(v.low, 4)}, {sci(v.high, 4)}]"
                              for k, v in {**f.params, **f.derived}.items())
-        held = f.diagnostics.get("held_out") or {}
-        held_text = (f"{held['n_held_out']} largest-C point(s) predicted within {held['max_abs_rel_error']:.2%}"
-                     if held else "–")
-        preds = "<br>".join(
-            f"{esc(', '.join(f'{k}={sci(p[k])}' for k in ('N', 'D', 'C') if k in p))}: "
-            f"{p['loss'].value:.4f} [{p['loss'].low:.4f}, {p['loss'].high:.4f}], {p['extrapolation']:.3g}× beyond the data"
-            for p in f.predictions) or "–"
+        held_text = esc(held_out_text(f) or "–")
+        preds = "<br>".join(esc(prediction_text(p)) for p in f.predictions) or "–"
         warnings = "<br>".join(esc(w) for w in f.warnings) or "–"
         r2 = f"{f.r2_log:.4f}" if f.r2_log is not None else "–"
         rows.append(f'<tr><td class="text" data-v="{esc(f.law)}">{esc(f.law)}</td><td data-v="{f.n_points}">{f.n_points}</td>'
@@ -219,7 +216,23 @@ def fit_table(fits: list[FitResult]) -> str:
         ("held-out check", "text"), ("predictions [95%]", "text"), ("warnings", "text")))
     return (f'<table class="data" id="fits"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             '<p class="note">Intervals are 2.5th–97.5th percentiles over bootstrap refits. The held-out check '
-            'refits without the largest-compute 10% of points and predicts them.</p>')
+            'refits without the largest-compute 10% of points (IsoFLOP: the largest budget) and predicts them.</p>'
+            + approaches_table(fits))
+
+
+def approaches_table(fits: list[FitResult]) -> str:
+    """Hoffmann et al.'s approaches side by side (analysis.allocation.compare_approaches)."""
+    side = compare_approaches(fits)
+    if not side:
+        return ""
+    rows = "".join(f'<tr><td class="text">{esc(APPROACHES[law])}</td><td>{row["a"].text(".3f")}</td>'
+                   f'<td>{row["D_per_N"].text(".3g")}</td></tr>' for law, row in side["approaches"].items())
+    warn = "".join(f'<p class="warn">{esc(w)}</p>' for w in side["warnings"])
+    return (f'<h3>Compute-optimal allocation by each approach, at C = {sci(side["C"])}</h3>'
+            '<table class="data" id="approaches"><thead><tr><th class="text">approach</th>'
+            '<th>a (N_opt ∝ C^a)</th><th>data units per parameter</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table>{warn}')
+
 
 
 def sample_grids(data: ReportData) -> str:

@@ -34,7 +34,7 @@ def data(folder):
 
 @pytest.fixture(scope="module")
 def fits(data):
-    return fit_laws(data.trials, evals=data.evals, bootstrap=40, seed=0, log=lambda m: None,
+    return fit_laws(data.trials, bootstrap=40, seed=0, log=lambda m: None,
                     predict=["N=1e10,D=2e11", "C=1e22"])
 
 
