@@ -45,16 +45,6 @@ class Convention(Closed):
     SIX_ND = "6ND", "the table has no FLOPs column: C = 6·N·D, the stated fallback"
 
 
-class NCount(Closed):
-    """Which parameters N counts (``scalinglab fit --n-count``). Pearce & Song 2024 trace much
-    of the gap between Kaplan's and Chinchilla's allocations to this choice at small scale."""
-
-    SCALING = "scaling", ("the family's scaling count, `n_params`: non-embedding for the transformer (Kaplan et al. "
-                          "2020), without the patch embedding for the DiT, the generator for the GAN, every "
-                          "parameter for the VAE")
-    TOTAL = "total", "every parameter, `total_params` (Hoffmann et al. 2022 count embeddings in)"
-
-
 @dataclass(frozen=True)
 class FlopsPerUnit:
     """FLOPs per data unit as a function of N: ``k·N + c·N^p``."""

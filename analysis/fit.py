@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.allocation import APPROACHES, budgets_of, compare_approaches, fit_envelope, fit_isoflop
-from analysis.compute import FlopsPerUnit, NCount
+from analysis.compute import FlopsPerUnit
 from analysis.errors import UserError
 from analysis.laws import LAWS, fit_lse_law
 from analysis.points import Points, load_points, read_table
-from analysis.records import TRIALS
+from analysis.records import TRIALS, NCount
 from analysis.results import FitResult
 
 NONPARAMETRIC = {"isoflop": fit_isoflop, "envelope": fit_envelope}  # Hoffmann et al.'s approaches 2 and 1

@@ -120,6 +120,16 @@ class LRSource(Closed):
     FALLBACK = "search failed: middle candidate", "no candidate of the size completed: the middle one"
 
 
+class NCount(Closed):
+    """Which parameters N counts (``scalinglab fit --n-count``). Pearce & Song 2024 trace much
+    of the gap between Kaplan's and Chinchilla's allocations to this choice at small scale."""
+
+    SCALING = "scaling", ("the family's scaling count, `n_params`: non-embedding for the transformer (Kaplan et al. "
+                          "2020), without the patch embedding for the DiT, the generator for the GAN, every "
+                          "parameter for the VAE")
+    TOTAL = "total", "every parameter, `total_params` (Hoffmann et al. 2022 count embeddings in)"
+
+
 # --- the other files of a results folder (the tables are TRIALS.file and EVALS.file) ------
 
 SPEC_FILE = "spec.yaml"  # the spec as submitted

@@ -59,8 +59,8 @@ class FitResult:
             "derived": {k: v.to_json() for k, v in self.derived.items()},
             "r2_log": _num(self.r2_log),
             "warnings": list(self.warnings),
-            "predictions": [_jsonable(p) for p in self.predictions],
-            "diagnostics": _jsonable(self.diagnostics),
+            "predictions": [jsonable(p) for p in self.predictions],
+            "diagnostics": jsonable(self.diagnostics),
         }
         if with_samples and self.samples:
             out["samples"] = {k: [_num(x) for x in np.asarray(v, dtype=float)] for k, v in self.samples.items()}
@@ -91,13 +91,13 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
-def _jsonable(obj):
+def jsonable(obj):
     if isinstance(obj, Interval):
         return obj.to_json()
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         return _num(obj)
     if isinstance(obj, np.integer):

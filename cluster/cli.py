@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from analysis.errors import UserError
+from analysis.records import NCount
 
 SWEEP_BOOTSTRAP = 200  # bootstrap resamples of the fits at the end of a sweep
 
@@ -111,13 +112,15 @@ def _dry_run_placement(trials, address: str | None, cluster_config: str | None) 
 def _fit(args: argparse.Namespace) -> int:
     import json
 
+    from analysis.allocation import compare_approaches
     from analysis.fit import fit_laws, summary
+    from analysis.results import jsonable
 
     results = fit_laws(args.source, laws=args.law, predict=args.predict, bootstrap=args.bootstrap,
                        seed=args.seed, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
-                       loss_col=args.loss_col, full_grid=args.full_grid)
+                       loss_col=args.loss_col, full_grid=args.full_grid, n_count=args.n_count)
     if args.format == "json":
-        print(json.dumps({"fits": [r.to_json() for r in results]}))
+        print(json.dumps({"fits": [r.to_json() for r in results], "approaches": jsonable(compare_approaches(results))}))
     else:
         print(summary(results))
     return 0
@@ -220,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--predict", action="append", help="a target: N=1e9,D=2e10 or C=1e21 (repeatable)")
     fit.add_argument("--bootstrap", type=int, default=1000, help="resamples for intervals (0: off)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--n-col", default="n_params")
+    fit.add_argument("--n-count", choices=[c.value for c in NCount], default=NCount.SCALING.value,
+                     help="N: the family's scaling count (n_params: non-embedding for the transformer) or every "
+                     "parameter (total_params)")
+    fit.add_argument("--n-col", default="n_params", help="N's column (wins over --n-count)")
     fit.add_argument("--d-col", default="data_units")
     fit.add_argument("--c-col", default="flops")
     fit.add_argument("--loss-col", default="final_loss")

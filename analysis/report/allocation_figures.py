@@ -12,7 +12,16 @@ from analysis.fit import subset_for
 from analysis.allocation import isoflop_split
 from analysis.compute import Convention, FlopsPerUnit
 from analysis.laws import law_value, split_of
-from analysis.report.figures import add_curve, band, completed_points, data_unit, loss_unit, shade_beyond
+from analysis.report.figures import (
+    UNBOUNDED,
+    add_curve,
+    band,
+    clip_band,
+    completed_points,
+    data_unit,
+    loss_unit,
+    shade_beyond,
+)
 from analysis.report.style import (
     OKABE_ITO,
     TEMPLATE,
@@ -115,7 +124,13 @@ def _allocation_lines(fig, grid, split, draws, fit: FitResult, law: str) -> None
     if draws is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
             bands = [band(draws["N"]), band(draws["D"]), band(draws["D"] / draws["N"])]
-    for col, (y, spread) in enumerate(zip(curves, bands), start=1):
+    cut = []
+    for y, spread in zip(curves, bands):  # a band may leave the plot by a decade around its line, no more
+        clipped_band, clipped = clip_band(spread, float(np.nanmin(y)) / 10, float(np.nanmax(y)) * 10)
+        cut.append((clipped_band, clipped))
+    if any(clipped for _, clipped in cut):
+        name += UNBOUNDED
+    for col, (y, (spread, _)) in enumerate(zip(curves, cut), start=1):
         _line(fig, col, grid, y, spread, law_colour(law), name, show=col == 1,
               dash="dash" if law == "isoflop" else "solid")
 

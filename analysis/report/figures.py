@@ -136,14 +136,20 @@ def scaling_figure(trials: pd.DataFrame, fits: list[FitResult], axis: str) -> go
     lo, hi = float(pts[axis].min()), float(pts[axis].max())
     reach = max([hi] + [p[axis] for f in fits for p in f.predictions if axis in p])
     grid = np.geomspace(lo, reach, CURVE_POINTS)
+    # The y axis keeps to the data and the predictions: a band that an unidentified parameter
+    # stretches to 10⁶ would otherwise squash the points into a line.
+    shown = [*pts["loss"], *(p["loss"].value for f in fits for p in f.predictions
+                             if axis in p and "loss" in p and shows_prediction(f.law, axis))]
+    y_lo, y_hi = min(shown) / AXIS_MARGIN, max(shown) * AXIS_MARGIN
     for fit in fits:
         for name, x_values, y_line, y_band, colour in _law_curves(fit, axis, grid, pts, colours):
-            add_curve(fig, name, grid, y_line, y_band, colour)
+            y_band, clipped = clip_band(y_band, y_lo, y_hi)
+            add_curve(fig, name + (UNBOUNDED if clipped else ""), grid, y_line, y_band, colour)
         _add_predictions(fig, fit, axis)
     if reach > hi * 1.0001:
         shade_beyond(fig, hi, reach)
     fig.update_xaxes(type="log", title_text=axis_label(axis, unit))
-    fig.update_yaxes(type="log", title_text=loss_label(loss_unit(trials)))
+    fig.update_yaxes(type="log", title_text=loss_label(loss_unit(trials)), range=[np.log10(y_lo), np.log10(y_hi)])
     fig.update_layout(template=TEMPLATE, height=480, hovermode="closest",
                       title=f"Final loss vs {axis}, with fitted laws and 95% bootstrap bands",
                       legend={"font": {"size": 11}})
@@ -187,6 +193,20 @@ def _law_curves(fit: FitResult, axis: str, grid: np.ndarray, pts: pd.DataFrame, 
         spread = None if split_draws is None else band(law_value(law, draws, **split_draws))
         yield ("chinchilla, compute-optimal N and D", grid, law_value(law, value, **x), spread,
                law_colour(law))
+
+
+AXIS_MARGIN = 1.25  # the y axis spans the data's values ÷ and × this
+UNBOUNDED = " (95% band leaves the plot: cut at its edges, unbounded)"
+
+
+def clip_band(band, lo: float, hi: float):
+    """(the band cut to [lo, hi], whether it had to be cut); None passes through."""
+    if band is None:
+        return None, False
+    low, high = (np.asarray(b, dtype=float) for b in band)
+    clipped = bool(np.nanmin(low, initial=np.inf) < lo or np.nanmax(high, initial=-np.inf) > hi
+                   or np.isnan(low).any() or np.isnan(high).any())
+    return (np.clip(np.nan_to_num(low, nan=lo), lo, hi), np.clip(np.nan_to_num(high, nan=hi), lo, hi)), clipped
 
 
 def band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

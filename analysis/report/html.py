@@ -102,20 +102,36 @@ def header(data: ReportData) -> str:
     counts = t[TRIALS.status].value_counts()
     done = t[t[TRIALS.status] == Status.COMPLETED]
     started, finished = _times(t)
-    wall = sum(float(r.get("wall_s", 0) or 0) for r in data.runs)
     rows = [
         ("family", ", ".join(esc(f) for f in t[TRIALS.family].dropna().unique()) if TRIALS.family in t else "–"),
         ("trials", f"{len(t)}: " + ", ".join(f"{n} {esc(s)}" for s, n in counts.items())),
         ("dates", f"{started} → {finished}"),
         ("compute spent", _compute_spent(t, done) if TRIALS.flops in t else "–"),
-        ("wall time", (f"{wall:.0f} s over {len(data.runs)} run(s) of the sweep; " if data.runs else "")
-                      + (f"{t[TRIALS.wall_s].sum():.0f} trial-seconds" if TRIALS.wall_s in t else "")),
+        ("wall time", _wall_time(data)),
         ("resources", _resources(data)),
     ]
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     spec = (f"<details><summary>spec.yaml</summary><pre>{esc(data.spec_text)}</pre></details>"
             if data.spec_text else "")
     return f'<dl class="meta">{meta}</dl>{spec}'
+
+
+def _wall_time(data: ReportData) -> str:
+    """The runs' own wall time when every run recorded it; else (a driver killed before it
+    could) the span from the first trial's start to the last one's finish."""
+    t = data.trials
+    trial_seconds = f"{t[TRIALS.wall_s].sum():.0f} trial-seconds" if TRIALS.wall_s in t else ""
+    recorded = [r.get("wall_s") for r in data.runs]
+    if recorded and all(w is not None for w in recorded):
+        return f"{sum(float(w) for w in recorded):.0f} s over {len(recorded)} run(s) of the sweep; " + trial_seconds
+    start = pd.to_datetime(t.get(TRIALS.started_at), utc=True, errors="coerce").dropna() if TRIALS.started_at in t else []
+    end = pd.to_datetime(t.get(TRIALS.finished_at), utc=True, errors="coerce").dropna() if TRIALS.finished_at in t else []
+    if len(start) and len(end):
+        span = (end.max() - start.min()).total_seconds()
+        why = (f"{sum(w is None for w in recorded)} of {len(recorded)} run(s) stopped before recording their own"
+               if recorded else "the folder has no run record")
+        return f"{span:.0f} s from the first trial's start to the last one's finish ({why}); " + trial_seconds
+    return trial_seconds or "–"
 
 
 def _times(t: pd.DataFrame) -> tuple[str, str]:

@@ -40,6 +40,13 @@ def test_fit_json_is_one_document_in_the_documented_shape(points_csv, capsys):
     assert first["extrapolation"] == pytest.approx(20.0) and first["extrapolation_by_axis"]["N"] == pytest.approx(10.0)
     assert set(first["loss"]) == {"value", "low", "high"}
     assert second["C"] == 1e24 and "N" in second
+    # the split's N, D and tokens per parameter stay numbers, their intervals beside them
+    for key in ("N", "D", "D_per_N"):
+        iv = second[f"{key}_interval"]
+        assert isinstance(second[key], float) and iv["low"] <= second[key] <= iv["high"]
+    # no FLOPs column: the 6ND fallback, said
+    assert fit["diagnostics"]["compute"]["convention"] == "6ND"
+    assert "approaches" in doc  # null here: one approach only
     assert "dropped 2 row(s)" in err  # warnings go to stderr
 
 
@@ -83,3 +90,21 @@ def test_fit_rejects_non_numeric_and_missing_files(tmp_path, capsys):
     assert "not numeric" in capsys.readouterr().err
     assert main(["fit", str(tmp_path / "none.csv")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_n_count_total_fits_every_parameter_and_says_which(tmp_path, capsys):
+    df = chinchilla_points(0, 0.0025)
+    df["total_params"] = df["n_params"] * 1.5 + 1e6
+    df["flops"] = 6 * df["n_params"] * df["data_units"] * 1.2
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    assert main(["fit", str(path), "--law", "chinchilla", "--bootstrap", "0", "--format", "json"]) == 0
+    scaling = json.loads(capsys.readouterr().out)["fits"][0]
+    assert main(["fit", str(path), "--law", "chinchilla", "--bootstrap", "0", "--n-count", "total",
+                 "--format", "json"]) == 0
+    total = json.loads(capsys.readouterr().out)["fits"][0]
+    assert scaling["diagnostics"]["n_column"] == "n_params" and total["diagnostics"]["n_column"] == "total_params"
+    assert total["params"]["alpha"]["value"] != pytest.approx(scaling["params"]["alpha"]["value"], rel=1e-3)
+    assert scaling["diagnostics"]["compute"]["convention"] == "flops column"
+    assert main(["fit", str(path), "--law", "chinchilla", "--bootstrap", "0"]) == 0
+    assert "C = the FLOPs the trials cost" in capsys.readouterr().out

@@ -218,3 +218,35 @@ def test_report_reuses_the_sweeps_current_fits_and_refits_stale_ones(tmp_path, f
     said.clear()
     fit_and_report(folder, out=tmp_path / "b.html", bootstrap=0, log=said.append)
     assert any("fitting laws" in line for line in said)
+
+
+def test_an_unbounded_band_does_not_stretch_the_axis_and_says_so(data, fits):
+    """A fit whose draws run away (an unidentified parameter) must not autoscale the loss axis
+    to 10⁶: the axis keeps to the data, and the legend says the band was cut."""
+    import copy
+
+    wild = copy.deepcopy(next(f for f in fits if f.law == "kaplan_C"))
+    wild.samples["A"] = wild.samples["A"] * np.geomspace(1e-3, 1e6, len(wild.samples["A"]))
+    fig = scaling_figure(data.trials, [wild], "C")
+    low, high = fig.layout.yaxis.range
+    losses = data.trials[TRIALS.final_loss].dropna()
+    assert 10 ** low <= losses.min() and 10 ** high >= losses.max()
+    assert 10 ** high < 2 * losses.max()  # not stretched by the band
+    assert any("unbounded" in (t.name or "") for t in fig.data)
+    # the same fit with its own draws, over the data's range, stays within the axis: nothing is marked
+    plain = copy.deepcopy(next(f for f in fits if f.law == "kaplan_C"))
+    plain.predictions = []
+    assert not any("unbounded" in (t.name or "") for t in scaling_figure(data.trials, [plain], "C").data)
+
+
+def test_the_header_reports_the_trials_time_when_a_killed_driver_recorded_none(tmp_path):
+    import json
+
+    from analysis.report.html import header
+
+    folder = make_results(tmp_path / "killed", capability=False, samples=False)
+    runs = json.loads((folder / "run.json").read_text())
+    runs["runs"][0]["wall_s"] = None  # the driver died before it could write its own
+    (folder / "run.json").write_text(json.dumps(runs))
+    text = header(load_results(folder))
+    assert "120 s from the first trial's start to the last one's finish" in text and "0 s over" not in text
