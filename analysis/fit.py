@@ -164,6 +164,10 @@ def summary(results: list[FitResult]) -> str:
                      + (f", R² (log) {r.r2_log:.4f}" if r.r2_log is not None else ""))
         for name, iv in {**r.params, **r.derived}.items():
             lines.append(f"  {name:>6} = {iv.value:.4g}  [{iv.low:.4g}, {iv.high:.4g}]")
+        spread = r.diagnostics.get("seed_spread")
+        if spread:
+            lines.append(f"  run-to-run spread: {spread['rel_std']:.2%} of the loss (std over seeds; "
+                         f"{spread['runs']} runs at {spread['points_with_seeds']} points), beside the intervals above")
         held = held_out_text(r)
         if held:
             lines.append(f"  held-out: {held}")

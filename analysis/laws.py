@@ -91,9 +91,10 @@ def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: i
     gf = lse_fit.fit_from_grid(logx, logy, spec.with_e, top_k=top_k)
     best = gf.best.params
     samples, check = None, None
+    groups = df["point"].to_numpy() if "point" in df else np.arange(len(df))
     if bootstrap > 0:
         samples, check = _bootstrap(logx, logy, spec.with_e, best, bootstrap, seed, top_k,
-                                    check_resamples, workers, warm)
+                                    check_resamples, workers, warm, groups)
     values = natural(spec, best)
     nat_samples = None if samples is None else np.array([list(natural(spec, s).values()) for s in samples])
     params = {name: Interval.from_samples(values[name], None if nat_samples is None else nat_samples[:, i])
@@ -106,6 +107,7 @@ def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: i
         "starts_optimized": gf.starts_optimized, "starts_at_best": gf.starts_at_best,
         "residuals_log": (logy - fitted).tolist(),
         "held_out": _held_out(spec, df, logx, logy, top_k) if held_out else None,
+        "seed_spread": seed_spread(logy, groups),
     }
     if check is not None:
         result.diagnostics["bootstrap_check"] = check
@@ -255,10 +257,31 @@ def _natural_draws(spec: LawSpec, samples: np.ndarray) -> dict[str, np.ndarray]:
 
 # --- bootstrap ------------------------------------------------------------------------------
 
-def _bootstrap(logx, logy, with_e, best, k, seed, top_k, check_resamples, workers, warm=True):
+def seed_spread(logy: np.ndarray, groups: np.ndarray) -> dict | None:
+    """Run-to-run spread: the pooled standard deviation of log loss among a point's runs
+    (its seeds), as a relative spread of the loss; None when no point has two runs."""
+    ids, counts = np.unique(groups, return_counts=True)
+    repeated = ids[counts >= 2]
+    if not len(repeated):
+        return None
+    ss = sum(float(((logy[groups == g] - logy[groups == g].mean()) ** 2).sum()) for g in repeated)
+    dof = int(counts[counts >= 2].sum() - len(repeated))
+    return {"points_with_seeds": int(len(repeated)), "runs": int(counts[counts >= 2].sum()),
+            "rel_std": float(np.sqrt(ss / dof))}
+
+
+def resample_weights(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """[k, rows] copies of each row in k bootstrap resamples: points drawn with replacement,
+    a point's runs (its seeds: rows sharing a group id) together. With one row per point this
+    is the plain multinomial resample of rows."""
     rng = np.random.default_rng(seed)
-    n = len(logy)
-    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=k).astype(float)
+    ids, row_group = np.unique(np.asarray(groups), return_inverse=True)
+    n = len(ids)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=k).astype(float)[:, row_group]
+
+
+def _bootstrap(logx, logy, with_e, best, k, seed, top_k, check_resamples, workers, warm=True, groups=None):
+    weights = resample_weights(np.arange(len(logy)) if groups is None else groups, k, seed)
     scale = lse_fit.objective(best, logx, logy, with_e)[0]
     workers = workers or os.cpu_count() or 1
     chunks = np.array_split(np.arange(k), workers)

@@ -23,7 +23,7 @@ from analysis.store import ResultsStore
 
 @dataclass
 class Points:
-    frame: pd.DataFrame  # columns N, D, C, loss (+ budget)
+    frame: pd.DataFrame  # columns N, D, C, loss (+ budget, trial_id; point: one id per (N, D), shared by its seeds)
     dropped: int = 0
     warnings: list[str] = field(default_factory=list)
     flops: FlopsPerUnit = SIX_ND  # what C is, and FLOPs per data unit as a function of N
@@ -95,6 +95,8 @@ def load_points(source: str | Path | pd.DataFrame, *, n_col: str = TRIALS.n_para
                         f"non-positive value in {', '.join(mapping[k] for k in used if mapping[k] in table.columns)}")
     keep &= finite
     frame = out[keep].reset_index(drop=True)
+    if {"N", "D"} <= set(frame.columns):  # a point's runs (its seeds) share an id: the bootstrap keeps them together
+        frame["point"] = frame.groupby(["N", "D"], sort=False).ngroup()
     return Points(frame, int((~keep).sum()), warnings, _flops_form(frame, c_col in table.columns))
 
 

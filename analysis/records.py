@@ -274,6 +274,10 @@ TRIALS = Table("trials.parquet", "one row per trial, written by the sweep driver
        "a branch, the whole run for a trunk; Σ `flops_paid` is what the sweep cost"),
     _c("final_loss", "float64", "`loss_unit`", "held-out `loss` at the end"),
     _c("final_train_loss", "float64", "`loss_unit`", "mean training loss over the last evaluation interval"),
+    _c("bytes_per_token", "float64", "bytes/token", "UTF-8 bytes of the validation text per token (1 for the byte "
+       "tokenizer); NaN for images and synthetic tokens"),
+    _c("final_bpb", "float64", "bits/byte", "`final_loss` in bits per byte (÷ ln 2 ÷ `bytes_per_token`): comparable "
+       "across tokenizers; NaN where `bytes_per_token` is"),
     _c("entropy_rate", "float64", "nats/token", "the source's entropy rate when known (synthetic data), else NaN"),
     _c("wall_s", "float64", "s", "trial wall time, summed over restarts"),
     _c("startup_s", "float64", "s", "from trial start to its first step (data, engine)"),

@@ -60,13 +60,20 @@ def summary_table(trials) -> str:
     done = trials[(trials[TRIALS.status] == Status.COMPLETED) & fit_points]
     lines = []
     if len(done):
-        table = done.pivot_table(index=TRIALS.n_params, columns=TRIALS.data_units, values=TRIALS.final_loss,
-                                 aggfunc="first")
-        table.index = [f"N={n:.3g}" for n in table.index]
-        table.columns = [f"D={d:.3g}" for d in table.columns]
+        def by_n_and_d(column) -> str:  # a point's seeds: their mean
+            table = done.pivot_table(index=TRIALS.n_params, columns=TRIALS.data_units, values=column, aggfunc="mean")
+            table.index = [f"N={n:.3g}" for n in table.index]
+            table.columns = [f"D={d:.3g}" for d in table.columns]
+            return table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
+
+        seeds = done.groupby([TRIALS.n_params, TRIALS.data_units]).size().max()
         lines.append(f"final held-out loss ({done[TRIALS.loss_unit].iloc[0]}) by model size N and "
-                     f"{done[TRIALS.data_unit].iloc[0]} D:")
-        lines.append(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
+                     f"{done[TRIALS.data_unit].iloc[0]} D" + (f" (mean of up to {seeds} seeds)" if seeds > 1 else "") + ":")
+        lines.append(by_n_and_d(TRIALS.final_loss))
+        if done[TRIALS.final_bpb].notna().any():  # text: the same in bits per byte, comparable across tokenizers
+            lines.append(f"the same in bits per byte ({done[TRIALS.bytes_per_token].iloc[0]:.3g} bytes per token; "
+                         "comparable across tokenizers):")
+            lines.append(by_n_and_d(TRIALS.final_bpb))
     for row in trials[trials[TRIALS.status] != Status.COMPLETED].to_dict("records"):
         status = Status(row[TRIALS.status])
         why = row[TRIALS.error] or row[TRIALS.caveats] or (

@@ -24,6 +24,7 @@ of what larger ones see, and worker r of W takes rows r, r+W, … of each global
 from __future__ import annotations
 
 import hashlib
+import math
 import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,6 +47,7 @@ class TokenData:
     validation: np.ndarray  # int64 token stream of the validation documents
     vocab: int
     entropy_rate: float | None  # nats/token of the source, when known in closed form
+    bytes_per_token: float = math.nan  # UTF-8 bytes of the validation text per token (NaN: synthetic tokens)
 
 
 def vocab_size(spec: DataSpec) -> int:
@@ -64,7 +66,7 @@ def load_tokens(spec: DataSpec, *, train_tokens: int, validation_tokens: int) ->
     encode = _encoder(spec.tokenizer)
     train: list[np.ndarray] = []
     val: list[np.ndarray] = []
-    n_train = n_val = 0
+    n_train = n_val = val_bytes = 0
     for index, text in enumerate(_documents(spec)):
         if not text:
             continue
@@ -73,6 +75,7 @@ def load_tokens(spec: DataSpec, *, train_tokens: int, validation_tokens: int) ->
             if n_val < validation_tokens:
                 val.append(ids)
                 n_val += len(ids)
+                val_bytes += len(text.encode("utf-8"))
         elif n_train < train_tokens:
             train.append(ids)
             n_train += len(ids)
@@ -84,7 +87,7 @@ def load_tokens(spec: DataSpec, *, train_tokens: int, validation_tokens: int) ->
             "tokens; it needs documents in both splits (more data, or another "
             "validation_fraction)"
         )
-    return TokenData(np.concatenate(train), np.concatenate(val), vocab_size(spec), None)
+    return TokenData(np.concatenate(train), np.concatenate(val), vocab_size(spec), None, val_bytes / n_val)
 
 
 def _is_validation(index: int, fraction: float) -> bool:

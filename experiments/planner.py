@@ -111,10 +111,12 @@ def plan(spec: SweepSpec, located: Located) -> list[TrialConfig]:
             budgets = [(j, units, None) for j, units in enumerate(spec.budgets.data(family.data_unit))]
         else:
             budgets = [(j, c / fpu, c) for j, c in enumerate(spec.budgets.flops)]
-        points = [_trial(spec, located, family, size, shape, i, j, planned, c) for j, planned, c in budgets]
-        if spec.training.schedule == Schedule.WSD:
-            points = wsd_ladder(points, spec, located)
-        trials += points
+        for k in range(spec.training.seeds):  # a wsd ladder per seed: each its own trunk
+            seeded = dataclasses.replace(spec, training=dataclasses.replace(spec.training, seed=spec.training.seed + k))
+            points = [_trial(seeded, located, family, size, shape, i, j, planned, c) for j, planned, c in budgets]
+            if spec.training.schedule == Schedule.WSD:
+                points = wsd_ladder(points, seeded, located)
+            trials += points
         if search is not None:
             trials += _lr_search_trials(spec, located, family, size, shape, i, search, min(b[1] for b in budgets))
     _dedupe_ids(trials, family)

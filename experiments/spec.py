@@ -186,8 +186,12 @@ class TrainingSpec:
     beta1: float = doc_field(0.9, "AdamW beta1")
     beta2: float = doc_field(0.95, "AdamW beta2")
     seed: int = doc_field(0, "initial weights and data order")
+    seeds: int = doc_field(1, "runs per (N, D) point, with seeds seed, seed+1, …: the fits bootstrap a point's "
+                           "runs together and report their run-to-run spread (LR-search runs use `seed` only)")
 
     def __post_init__(self) -> None:
+        if not 1 <= self.seeds <= 64:
+            raise ValueError(f"seeds must be in [1, 64], got {self.seeds}")
         if isinstance(self.lr, (int, float)) and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 < self.cooldown_fraction < 1:

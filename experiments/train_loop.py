@@ -166,7 +166,7 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
     val = [torch.from_numpy(b).to(engine.device) for b in data.validation(*shard)]
     family.prepare(engine, Preparation(train_data=data.first_units, cache=ctx.cache or FileCache()))
     base = dict(startup_s=time.perf_counter() - started, flops_measured_per_unit=flops_measured,
-                node_id=ctx.node_id, precision=resolve_precision(cfg.precision))
+                node_id=ctx.node_id, precision=resolve_precision(cfg.precision), bytes_per_token=data.bytes_per_token)
     clock = _Clock(progress.wall_s)
     losses: list[float] = []
     extra_sums: dict[str, float] = {}  # other training losses (a GAN's d_loss) since the last point
@@ -251,6 +251,11 @@ class TrialData:
                                       validation_tokens=cfg.validation_units + tr.seq_len)
         else:
             self.images = load_images(cfg.data, train_samples=cfg.data_units, validation_samples=cfg.validation_units)
+
+    @property
+    def bytes_per_token(self) -> float:
+        """UTF-8 bytes of the validation text per token (NaN for images and synthetic tokens)."""
+        return self.tokens.bytes_per_token if self.cfg.data_unit == DataUnit.TOKENS else math.nan
 
     def batch(self, step: int, rank: int, world: int):
         tr = self.cfg.training

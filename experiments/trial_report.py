@@ -29,6 +29,7 @@ class TrialReport:
     flops_measured_per_unit: float = math.nan
     node_id: str = ""
     precision: str = ""  # what ran (auto resolved)
+    bytes_per_token: float = math.nan  # of the validation text (language models on real text)
     done: bool = False
     status: Status = Status.RUNNING  # when done: completed, diverged or collapsed
     error: str = ""
@@ -71,5 +72,6 @@ class TrialReport:
             TRIALS.final_loss: self.loss, TRIALS.final_train_loss: self.metrics.get(TRAIN_LOSS, math.nan),
             TRIALS.wall_s: self.elapsed_s, TRIALS.startup_s: self.startup_s,
             TRIALS.data_units_per_s: self.throughput, TRIALS.node_id: self.node_id,
-            TRIALS.precision: self.precision,
+            TRIALS.precision: self.precision, TRIALS.bytes_per_token: self.bytes_per_token,
+            TRIALS.final_bpb: self.loss / math.log(2) / self.bytes_per_token,
         }

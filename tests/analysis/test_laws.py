@@ -141,3 +141,27 @@ def test_unidentifiable_design_warns():
     df = df[df["n_params"].isin(sorted(df["n_params"].unique())[:2])]
     r = fit_lse_law(LAWS["chinchilla"], Points(load_points(df).frame), bootstrap=0)
     assert any("only 2 distinct N" in w for w in r.warnings)
+
+
+def test_a_points_seeds_are_resampled_together_and_their_spread_reported():
+    from analysis.laws import resample_weights, seed_spread
+
+    rng = np.random.default_rng(4)
+    base = chinchilla_points(0, 0.0)
+    runs = pd.concat([base.assign(final_loss=base["final_loss"] * np.exp(rng.normal(0, 0.02, len(base))))
+                      for _ in range(3)], ignore_index=True)  # 3 seeds per point, 2% run-to-run noise
+    points = load_points(runs)
+    groups = points.frame["point"].to_numpy()
+    assert len(np.unique(groups)) == len(base)
+    weights = resample_weights(groups, 50, 0)
+    for w in weights:  # whole points, never single runs
+        assert w.sum() == len(runs)
+        assert all(len(set(w[groups == g])) == 1 for g in np.unique(groups))
+    # one row per point: the plain multinomial resample, as before seeds existed
+    plain = np.random.default_rng(0).multinomial(len(base), np.full(len(base), 1 / len(base)), size=50)
+    assert (resample_weights(np.arange(len(base)), 50, 0) == plain).all()
+    spread = seed_spread(np.log(points.frame["loss"].to_numpy()), groups)
+    assert spread["points_with_seeds"] == len(base) and spread["runs"] == len(runs)
+    assert spread["rel_std"] == pytest.approx(0.02, rel=0.2)
+    r = fit_lse_law(LAWS["chinchilla"], points, bootstrap=40, held_out=False, workers=1)
+    assert r.diagnostics["seed_spread"]["rel_std"] == pytest.approx(spread["rel_std"])

@@ -52,6 +52,9 @@ def test_two_trial_sweep_with_a_two_worker_zero2_trial(write_spec, tmp_path, sca
     assert two[TRIALS.zero_stage] == 2 and two[TRIALS.shape("d_model")] == 32
     for row in trials.to_dict("records"):
         assert math.isfinite(row[TRIALS.final_loss]) and row[TRIALS.final_loss] < math.log(256)
+        # the byte tokenizer: one byte per token, so bits per byte is nats per token / ln 2
+        assert row[TRIALS.bytes_per_token] == 1.0
+        assert row[TRIALS.final_bpb] == pytest.approx(row[TRIALS.final_loss] / math.log(2))
         assert row[TRIALS.data_units] == 64 * 4 * 32
         assert row[TRIALS.flops] == pytest.approx(row[TRIALS.data_units] * row[TRIALS.flops_per_unit])
         assert abs(row[TRIALS.flops_measured] - row[TRIALS.flops]) / row[TRIALS.flops] < 0.10

@@ -88,6 +88,20 @@ def test_stdlib_source_reads_real_text_offline():
     assert len(data.train) >= 50_000 and len(data.validation) >= 5_000
     assert data.vocab == 256 and data.train.max() < 256
     assert b"def " in bytes(data.train[:50_000].astype(np.uint8))
+    assert data.bytes_per_token == 1.0  # the byte tokenizer
+
+
+def test_bytes_per_token_counts_the_validation_texts_utf8_bytes(tmp_path, monkeypatch):
+    """What bits per byte divides by: for a tokenizer of k bytes per token, k (here a fake
+    tokenizer stands in for a Hugging Face one: two bytes per token)."""
+    import experiments.data as data_module
+
+    spec = DataSpec(source="files", paths=(str(_docs_jsonl(tmp_path)),), validation_fraction=0.25)
+    monkeypatch.setattr(data_module, "_encoder",
+                        lambda name: (lambda text: np.zeros(len(text.encode()) // 2, dtype=np.int64)))
+    data = load_tokens(spec, train_tokens=10**6, validation_tokens=10**6)
+    assert data.bytes_per_token == pytest.approx(2.0, rel=0.05)  # (an odd byte per document is dropped)
+    assert np.isnan(load_tokens(DataSpec(source="synthetic"), train_tokens=0, validation_tokens=0).bytes_per_token)
 
 
 def test_bad_data_inputs_get_clear_errors(tmp_path):

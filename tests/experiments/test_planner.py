@@ -79,3 +79,15 @@ def test_eval_steps_are_log_spaced_and_end_at_the_budget():
 def test_trial_config_survives_json(write_spec):
     for t in _plan(write_spec, MINIMAL_SPEC):
         assert TrialConfig.from_json(t.to_json()) == t
+
+
+def test_seeds_replicate_every_point_with_its_own_seed(write_spec):
+    one = _plan(write_spec, MINIMAL_SPEC)
+    three = _plan(write_spec, MINIMAL_SPEC.replace("training: {batch_size: 4, seq_len: 32}",
+                                                           "training: {batch_size: 4, seq_len: 32, seeds: 3}"))
+    assert len(three) == 3 * len(one) and len({t.trial_id for t in three}) == len(three)
+    by_point = {}
+    for t in three:
+        by_point.setdefault((t.n_params, t.data_units), []).append(t.seed)
+    assert all(sorted(seeds) == [0, 1, 2] for seeds in by_point.values())
+    assert {t.trial_id.rsplit("-s", 1)[1] for t in three} == {"0", "1", "2"}
