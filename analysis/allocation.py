@@ -206,8 +206,9 @@ def isoflop_split(fit: FitResult, c, *, draws: bool = False) -> dict | None:
     else:
         a, lk = fit.params["a"].value, fit.diagnostics["log_k"]
     c = np.asarray(c, float)
-    n = np.exp(lk) * c ** a
-    return {"N": n, "D": c / FlopsPerUnit.from_json(fit.diagnostics.get("compute"))(n)}
+    with np.errstate(over="ignore", invalid="ignore"):  # a wild draw is inf, and its band says so
+        n = np.exp(lk) * c ** a
+        return {"N": n, "D": c / FlopsPerUnit.from_json(fit.diagnostics.get("compute"))(n)}
 
 
 def _isoflop_prediction(fit: FitResult, c: float, c_max: float) -> dict:

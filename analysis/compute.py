@@ -7,10 +7,12 @@ the family's FLOPs per data unit × D). Only a table without one falls back to C
 The allocation needs FLOPs per data unit as a function of N beyond the data, so it is fitted
 from the table in the form
 
-    f(N) = k·N + c·N^p        (k, c ≥ 0; 0 ≤ p ≤ 0.95)
+    f(N) = k·N + c·N^p        (k, c ≥ 0; 0 ≤ p ≤ 2)
 
-6·N is the 6ND count (k = 6, c = 0); the correction c·N^p takes what grows more slowly than N
-(a transformer's attention and unembedding, which scale with width, not N). For each p on a
+6·N is the 6ND count (k = 6, c = 0). The correction c·N^p takes what does not grow like N:
+with p < 1 what grows more slowly (a transformer's attention and unembedding, which scale
+with width), with p > 1 what grows faster (a GAN, whose N counts the generator only while
+its cost includes the discriminator's, on the quickstart's width ladder). For each p on a
 grid the relative least-squares (k, c) is a non-negative linear problem; the best p is kept,
 and ``max_rel_error`` says how well the form reproduces the table (a warning above
 :data:`FLOPS_FORM_TOLERANCE`). With fewer than 3 distinct N, or when k·N alone reproduces the
@@ -32,7 +34,8 @@ from scipy.optimize import minimize_scalar, nnls
 from analysis.records import Closed
 
 FLOPS_FORM_TOLERANCE = 0.05  # relative: a form that misses the table by more than this warns
-_P_GRID = np.round(np.arange(0.0, 0.951, 0.05), 2)
+P_MAX = 2.0
+_P_GRID = np.round(np.arange(0.0, P_MAX + 0.001, 0.05), 2)
 _GOLDEN = (math.sqrt(5) - 1) / 2
 _SEARCH_HALF_WIDTH = 12.0  # natural-log units around the closed-form guess: ±5.2 decades of N
 _SEARCH_STEPS = 70  # 24 · 0.618^70 ≈ 6e-14 in log N
@@ -119,7 +122,7 @@ def fit_flops_per_unit(n: np.ndarray, c: np.ndarray | None, d: np.ndarray) -> Fl
                 best = (err, float(k), float(c), float(p))
     if best[3] > 0 or best[2] > 0:  # polish p between the grid's neighbours of the best
         res = minimize_scalar(lambda q: _nnls_form(sizes, target, q)[0], method="bounded",
-                              bounds=(max(0.0, best[3] - 0.05), min(0.95, best[3] + 0.05)))
+                              bounds=(max(0.0, best[3] - 0.05), min(P_MAX, best[3] + 0.05)))
         err, k, c = _nnls_form(sizes, target, float(res.x))
         if k > 0 and err < best[0]:
             best = (err, k, c, float(res.x))
@@ -142,7 +145,8 @@ def _worst(pred: np.ndarray, actual: np.ndarray) -> float:
 def closed_form_split(a, b, g, k: float, c) -> dict:
     """Chinchilla's closed form for f(N) = k·N: N_opt = G·(C/k)^a, D_opt = (C/k)^b / G
     (floats or arrays that broadcast)."""
-    return {"N": g * (c / k) ** a, "D": (c / k) ** b / g}
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a degenerate draw: inf or NaN
+        return {"N": g * (c / k) ** a, "D": (c / k) ** b / g}
 
 
 def allocation_constants(alpha, beta, log_a, log_b):

@@ -65,8 +65,9 @@ def law_value(law: str, params: dict, **x) -> np.ndarray:
     [K, 1] against x of shape [M] give [K, M]. Laws: those of ``LAWS`` and ``envelope``."""
     p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
 
-    def term(coef, exponent, var):
-        return np.exp(np.log(coef) - exponent * np.log(np.asarray(x[var], dtype=float)))
+    def term(coef, exponent, var):  # a degenerate bootstrap draw may overflow: inf, said by its band
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            return np.exp(np.log(coef) - exponent * np.log(np.asarray(x[var], dtype=float)))
 
     if law == "envelope":
         return term(p["A"], p["alpha"], "C")
@@ -157,7 +158,8 @@ def _allocation(spec: LawSpec, best: np.ndarray, samples: np.ndarray | None, flo
         a, b, g = allocation_constants(alpha, beta, la, lb)
         columns = {"a": a, "b": b, "G": g}
     else:
-        law = {"A": np.exp(la)[:, None], "alpha": alpha[:, None], "B": np.exp(lb)[:, None], "beta": beta[:, None]}
+        with np.errstate(over="ignore"):
+            law = {"A": np.exp(la)[:, None], "alpha": alpha[:, None], "B": np.exp(lb)[:, None], "beta": beta[:, None]}
         split = optimal_split(law, flops, np.array([c_max / 1.01, c_max * 1.01]))
         step = 2 * np.log(1.01)
         with np.errstate(invalid="ignore", divide="ignore"):

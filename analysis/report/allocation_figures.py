@@ -126,8 +126,8 @@ def _allocation_lines(fig, grid, split, draws, fit: FitResult, law: str) -> None
             bands = [band(draws["N"]), band(draws["D"]), band(draws["D"] / draws["N"])]
     cut = []
     for y, spread in zip(curves, bands):  # a band may leave the plot by a decade around its line, no more
-        clipped_band, clipped = clip_band(spread, float(np.nanmin(y)) / 10, float(np.nanmax(y)) * 10)
-        cut.append((clipped_band, clipped))
+        finite = np.asarray(y, float)[np.isfinite(y)]
+        cut.append(clip_band(spread, finite.min() / 10, finite.max() * 10) if len(finite) else (None, spread is not None))
     if any(clipped for _, clipped in cut):
         name += UNBOUNDED
     for col, (y, (spread, _)) in enumerate(zip(curves, cut), start=1):

@@ -13,6 +13,8 @@ its curve alone.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -210,8 +212,13 @@ def clip_band(band, lo: float, hi: float):
 
 
 def band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise 2.5th and 97.5th percentiles over draws (rows); draws that are not finite at
+    an x are left out there, and an x with none is NaN."""
     finite = np.where(np.isfinite(curves), curves, np.nan)
-    return tuple(np.nanpercentile(finite, [2.5, 97.5], axis=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": an x with no finite draw
+        with np.errstate(invalid="ignore", over="ignore"):
+            return tuple(np.nanpercentile(finite, [2.5, 97.5], axis=0))
 
 
 def _law_name(fit: FitResult) -> str:
