@@ -341,7 +341,10 @@ def _allocation_at(fit: FitResult, c: float) -> dict | None:
              "envelope": lambda f, cc, draws=False: envelope_split(f, cc, flops, draws=draws)}[fit.law]
     at = np.array([c])
     value, spread = split(fit, at), split(fit, at, draws=True)
-    ratio = float(value["D"][0] / value["N"][0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = float(np.asarray(value["D"])[0] / np.asarray(value["N"])[0])
+    if not np.isfinite(ratio):  # no allocation (an exponent <= 0: the fit's own warnings say why)
+        return None
     with np.errstate(invalid="ignore", divide="ignore"):
         draws = None if spread is None else np.asarray(spread["D"])[:, 0] / np.asarray(spread["N"])[:, 0]
     return {"a": a, "D_per_N": Interval.from_samples(ratio, draws), "N": float(value["N"][0]),
