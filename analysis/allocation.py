@@ -194,17 +194,20 @@ def _held_out_budget(c: np.ndarray, n_opt: np.ndarray) -> dict | None:
             "rel_error": predicted / float(n_opt[last]) - 1}
 
 
-def isoflop_split(fit: FitResult, c, *, draws: bool = False) -> dict | None:
-    """{"N", "D"} at compute ``c`` ([M]): N from the IsoFLOP power law N_opt = k·C^a, and
+def power_law_split(fit: FitResult, c, *, draws: bool = False) -> dict | None:
+    """{"N", "D"} at compute ``c`` ([M]) of IsoFLOP's or the envelope's N_opt = k·C^a, with
     D = C / f(N) under the fit's compute convention (exact for any f, where D's own power law
-    is only approximate when f is not linear in N); ``draws``: [K, M] per bootstrap draw (None
-    without draws)."""
+    is only approximate when f is not linear in N); ``draws``: [K, M] per bootstrap draw.
+    None when the fit has no a (or no draws of it)."""
+    a_iv = fit.params.get("a") or fit.derived.get("a")
+    if a_iv is None:
+        return None
     if draws:
-        if not fit.samples or "log_k" not in fit.samples:
+        if not fit.samples or "log_k" not in fit.samples or "a" not in fit.samples:
             return None
         a, lk = (np.asarray(fit.samples[k], float)[:, None] for k in ("a", "log_k"))
     else:
-        a, lk = fit.params["a"].value, fit.diagnostics["log_k"]
+        a, lk = a_iv.value, fit.diagnostics["log_k"]
     c = np.asarray(c, float)
     with np.errstate(over="ignore", invalid="ignore"):  # a wild draw is inf, and its band says so
         n = np.exp(lk) * c ** a
@@ -212,10 +215,10 @@ def isoflop_split(fit: FitResult, c, *, draws: bool = False) -> dict | None:
 
 
 def _isoflop_prediction(fit: FitResult, c: float, c_max: float) -> dict:
-    point = isoflop_split(fit, np.array([c]))
+    point = power_law_split(fit, np.array([c]))
     out = {"C": c, "N": float(point["N"][0]), "D": float(point["D"][0])}
     out["D_per_N"] = out["D"] / out["N"]
-    spread = isoflop_split(fit, np.array([c]), draws=True)
+    spread = power_law_split(fit, np.array([c]), draws=True)
     if spread is not None:
         for key, v in (("N", spread["N"][:, 0]), ("D", spread["D"][:, 0]),
                        ("D_per_N", spread["D"][:, 0] / spread["N"][:, 0])):
@@ -276,22 +279,6 @@ def fit_envelope(points: Points, *, bootstrap: int = 1000, seed: int = 0) -> Fit
     return result
 
 
-def envelope_split(fit: FitResult, c, flops: FlopsPerUnit, *, draws: bool = False) -> dict | None:
-    """{"N", "D"} of the envelope's N_opt ∝ C^a at compute ``c``, D = C / f(N)."""
-    if "a" not in fit.derived:
-        return None
-    c = np.asarray(c, float)
-    if draws:
-        if not fit.samples or "log_k" not in fit.samples:
-            return None
-        a, lk = (np.asarray(fit.samples[k], float)[:, None] for k in ("a", "log_k"))
-    else:
-        a, lk = fit.derived["a"].value, fit.diagnostics["log_k"]
-    with np.errstate(invalid="ignore", over="ignore"):
-        n = np.exp(lk) * c ** a
-        return {"N": n, "D": c / flops(n)}
-
-
 # --- the approaches side by side ------------------------------------------------------------
 
 APPROACHES = {"envelope": "Approach 1 (envelope)", "isoflop": "Approach 2 (IsoFLOP)",
@@ -333,12 +320,10 @@ def compare_approaches(fits: list[FitResult]) -> dict | None:
 def _allocation_at(fit: FitResult, c: float) -> dict | None:
     from analysis.laws import split_of
 
-    flops = FlopsPerUnit.from_json(fit.diagnostics.get("compute"))
     a = fit.params.get("a") if fit.law == "isoflop" else fit.derived.get("a")
     if a is None or not np.isfinite(a.value):
         return None
-    split = {"isoflop": isoflop_split, "chinchilla": split_of,
-             "envelope": lambda f, cc, draws=False: envelope_split(f, cc, flops, draws=draws)}[fit.law]
+    split = split_of if fit.law == "chinchilla" else power_law_split
     at = np.array([c])
     value, spread = split(fit, at), split(fit, at, draws=True)
     with np.errstate(invalid="ignore", divide="ignore"):

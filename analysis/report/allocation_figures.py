@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.fit import subset_for
-from analysis.allocation import isoflop_split
+from analysis.allocation import power_law_split
 from analysis.compute import Convention, FlopsPerUnit
 from analysis.laws import law_value, split_of
 from analysis.report.figures import (
@@ -89,7 +89,7 @@ def frontier_figure(trials: pd.DataFrame, fits: list[FitResult], targets_c: list
     iso = by_law.get("isoflop")
     if iso is not None:
         rows = iso.diagnostics["budgets"]
-        _allocation_lines(fig, grid, isoflop_split(iso, grid), isoflop_split(iso, grid, draws=True), iso, "isoflop")
+        _allocation_lines(fig, grid, power_law_split(iso, grid), power_law_split(iso, grid, draws=True), iso, "isoflop")
         c = np.array([r["C"] for r in rows])
         for col, key in enumerate(("N_opt", "D_opt", "D_per_N"), start=1):
             fig.add_trace(go.Scatter(x=c, y=[r[key] for r in rows], mode="markers", legendgroup="isoflop",
