@@ -199,11 +199,3 @@ def optimal_split(law: dict, flops: FlopsPerUnit, c) -> dict:
     with np.errstate(invalid="ignore"):
         return {"N": n_opt, "D": c / flops(n_opt)}
 
-
-def local_exponents(law: dict, flops: FlopsPerUnit, c: float) -> tuple[float, float]:
-    """(a, b): d log N_opt / d log C and d log D_opt / d log C at ``c`` (central differences
-    over ±1%); with c = 0 in the form they equal the closed form's β/(α+β) and α/(α+β)."""
-    split = optimal_split(law, flops, np.array([c / 1.01, c * 1.01]))
-    step = 2 * np.log(1.01)
-    a, b = (float(np.diff(np.log(split[key]))[0] / step) for key in ("N", "D"))
-    return a, b
