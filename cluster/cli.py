@@ -71,8 +71,8 @@ def summary_table(trials) -> str:
                      f"{done[TRIALS.data_unit].iloc[0]} D" + (f" (mean of up to {seeds} seeds)" if seeds > 1 else "") + ":")
         lines.append(by_n_and_d(TRIALS.final_loss))
         if done[TRIALS.final_bpb].notna().any():  # text: the same in bits per byte, comparable across tokenizers
-            lines.append(f"the same in bits per byte ({done[TRIALS.bytes_per_token].iloc[0]:.3g} bytes per token; "
-                         "comparable across tokenizers):")
+            lines.append(f"the same in bits per byte, comparable across tokenizers (bytes per token: "
+                         f"{done[TRIALS.bytes_per_token].iloc[0]:.3g}):")
             lines.append(by_n_and_d(TRIALS.final_bpb))
     for row in trials[trials[TRIALS.status] != Status.COMPLETED].to_dict("records"):
         status = Status(row[TRIALS.status])

@@ -82,3 +82,19 @@ def test_check_row_names_what_is_missing_and_what_is_foreign(write_spec):
         TRIALS.check_row({k: v for k, v in row.items() if k != TRIALS.final_loss})
     with pytest.raises(KeyError, match="not in the contract \\['d_model'\\]"):
         TRIALS.check_row({**row, "d_model": 16})
+
+
+def test_the_summary_averages_a_points_seeds_and_adds_bits_per_byte(write_spec):
+    import math
+
+    from analysis.records import Status
+    from cluster.cli import summary_table
+
+    spec, located = load_spec(write_spec(KINDS["point"].replace("training: {", "training: {seeds: 2, ")))
+    rows = {t.trial_id: planned_row(t) for t in plan(spec, located)}
+    for i, row in enumerate(rows.values()):  # two seeds of one point: losses 2.0 and 3.0
+        row.update({TRIALS.status: Status.COMPLETED.value, TRIALS.final_loss: 2.0 + i, TRIALS.bytes_per_token: 2.0,
+                    TRIALS.final_bpb: (2.0 + i) / math.log(2) / 2.0})
+    text = summary_table(trials_frame(rows))
+    assert "(mean of up to 2 seeds)" in text and "2.5000" in text
+    assert "bits per byte" in text and f"{2.5 / math.log(2) / 2:.4f}" in text
