@@ -254,3 +254,12 @@ def test_a_noisy_tables_fits_and_figures_raise_no_numeric_warnings(tmp_path):
     assert chinchilla.diagnostics["seed_spread"]["points_with_seeds"] == 12
     assert chinchilla.diagnostics["compute"]["p"] > 1  # its cost grows faster than its N (the generator's)
     assert any("<= 0" in w or "not pin it down" in w for w in chinchilla.warnings)
+
+
+def test_an_n_d_target_costs_what_the_fitted_form_says_and_its_reach_is_in_that_c():
+    r = fit_lse_law(LAWS["chinchilla"], load_points(grid_table(0, LOW_NOISE)), bootstrap=0, held_out=False,
+                    predict=[{"N": 1e11, "D": 1e13}])
+    p = r.predictions[0]
+    assert p["C"] == pytest.approx(flops_per_token(1e11) * 1e13, rel=1e-4)  # not 6·N·D = 6e24
+    largest_c = grid_table(0, LOW_NOISE)["flops"].max()
+    assert p["extrapolation_by_axis"]["C"] == pytest.approx(p["C"] / largest_c)
