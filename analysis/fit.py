@@ -201,7 +201,6 @@ def prediction_text(p: dict) -> str:
     return f"{_where(p)}{loss}, {p['extrapolation']:.3g}x beyond the data"
 
 
-
 def _where(p: dict) -> str:
     """'N=…, D=…, C=…' of a prediction; a compute-optimal split's N and D with their intervals."""
     parts = []

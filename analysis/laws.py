@@ -121,7 +121,7 @@ def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: i
     result.diagnostics["compute"] = points.flops.to_json()
     result.diagnostics["C_max"] = float(df["C"].max()) if "C" in df else None
     if spec.name == "chinchilla":
-        result.derived, draws = _allocation(spec, best, samples, points.flops, float(df["C"].max()))
+        result.derived, draws = _allocation(best, samples, points.flops, float(df["C"].max()))
         if draws is not None and result.samples is not None:
             result.samples.update(draws)
         result.warnings += points.flops.warnings()
@@ -146,7 +146,7 @@ def _held_out(spec, df, logx, logy, top_k) -> dict | None:
             "max_abs_rel_error": float(np.abs(np.expm1(err)).max())}
 
 
-def _allocation(spec: LawSpec, best: np.ndarray, samples: np.ndarray | None, flops: FlopsPerUnit,
+def _allocation(best: np.ndarray, samples: np.ndarray | None, flops: FlopsPerUnit,
                 c_max: float) -> tuple[dict[str, Interval], dict[str, np.ndarray] | None]:
     """The compute-optimal allocation N_opt ∝ C^a, D_opt ∝ C^b under ``flops``. With f(N) = k·N
     (6ND included) a = β/(α+β), b = α/(α+β) and G = (αA/(βB))^(1/(α+β)) give the closed form
