@@ -7,7 +7,7 @@ that puts the three approaches side by side.
   per data unit (``analysis.compute``). Power laws through those optima give N_opt ∝ C^a and,
   fitted on their own, D_opt ∝ C^b (a + b = 1 only when f is linear in N).
   Intervals: a residual bootstrap that keeps every budget usable. Each budget keeps its sizes;
-  its losses are the parabola's plus residuals drawn from every budget's residuals (each
+  its losses are the fitted profile's plus residuals drawn from every budget's residuals (each
   scaled by √(n/(n − k)) for the profile's k fitted coefficients), and the profiles are
   refitted. A draw is valid when every budget still has a minimum; ``valid_draws`` counts them.
 - **Envelope** (Approach 1): the lowest final loss at each compute, from points a schedule
