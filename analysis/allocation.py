@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.compute import FlopsPerUnit
+from analysis.compute import FlopsPerUnit, split_fields, split_intervals
 from analysis.errors import UserError
 from analysis.points import Points
 from analysis.results import FitResult, Interval, interval_warnings, r2_log
@@ -217,12 +217,8 @@ def power_law_split(fit: FitResult, c, *, draws: bool = False) -> dict | None:
 def _isoflop_prediction(fit: FitResult, c: float, c_max: float) -> dict:
     point = power_law_split(fit, np.array([c]))
     out = {"C": c, "N": float(point["N"][0]), "D": float(point["D"][0])}
-    out["D_per_N"] = out["D"] / out["N"]
     spread = power_law_split(fit, np.array([c]), draws=True)
-    if spread is not None:
-        for key, v in (("N", spread["N"][:, 0]), ("D", spread["D"][:, 0]),
-                       ("D_per_N", spread["D"][:, 0] / spread["N"][:, 0])):
-            out[f"{key}_interval"] = Interval.from_samples(out[key], v)
+    out.update(split_fields(out, None if spread is None else {k: v[:, 0] for k, v in spread.items()}))
     out["extrapolation"] = c / c_max
     out["extrapolation_by_axis"] = {"C": c / c_max}
     return out
@@ -326,11 +322,8 @@ def _allocation_at(fit: FitResult, c: float) -> dict | None:
     split = split_of if fit.law == "chinchilla" else power_law_split
     at = np.array([c])
     value, spread = split(fit, at), split(fit, at, draws=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = float(np.asarray(value["D"])[0] / np.asarray(value["N"])[0])
-    if not np.isfinite(ratio):  # no allocation (an exponent <= 0: the fit's own warnings say why)
+    value = {k: float(np.asarray(v)[0]) for k, v in value.items()}
+    intervals = split_intervals(value, None if spread is None else {k: np.asarray(v)[:, 0] for k, v in spread.items()})
+    if not np.isfinite(intervals["D_per_N"].value):  # no allocation (an exponent <= 0: the fit's own warnings say why)
         return None
-    with np.errstate(invalid="ignore", divide="ignore"):
-        draws = None if spread is None else np.asarray(spread["D"])[:, 0] / np.asarray(spread["N"])[:, 0]
-    return {"a": a, "D_per_N": Interval.from_samples(ratio, draws), "N": float(value["N"][0]),
-            "D": float(value["D"][0])}
+    return {"a": a, "D_per_N": intervals["D_per_N"], **value}

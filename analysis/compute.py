@@ -32,6 +32,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar, nnls
 
 from analysis.records import Closed
+from analysis.results import Interval
 
 FLOPS_FORM_TOLERANCE = 0.05  # relative: a form that misses the table by more than this warns
 P_MAX = 2.0
@@ -199,3 +200,23 @@ def optimal_split(law: dict, flops: FlopsPerUnit, c) -> dict:
     with np.errstate(invalid="ignore"):
         return {"N": n_opt, "D": c / flops(n_opt)}
 
+
+def split_intervals(value: dict, draws: dict | None) -> dict[str, Interval]:
+    """N, D and D_per_N (tokens per parameter) of a split as Intervals: ``value`` holds the
+    point estimate's N and D (floats), ``draws`` each bootstrap draw's (1-D arrays), or None."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # a degenerate split: NaN or inf, quietly
+        ratio = float(np.float64(value["D"]) / value["N"])
+        ratio_draws = None if draws is None else np.asarray(draws["D"]) / np.asarray(draws["N"])
+    return {"N": Interval.from_samples(value["N"], None if draws is None else draws["N"]),
+            "D": Interval.from_samples(value["D"], None if draws is None else draws["D"]),
+            "D_per_N": Interval.from_samples(ratio, ratio_draws)}
+
+
+def split_fields(value: dict, draws: dict | None) -> dict:
+    """A prediction's compute-optimal split fields: ``D_per_N`` beside N and D, and with
+    bootstrap ``draws`` the intervals ``N_interval``, ``D_interval``, ``D_per_N_interval``."""
+    intervals = split_intervals(value, draws)
+    out = {"D_per_N": intervals["D_per_N"].value}
+    if draws is not None:
+        out.update({f"{key}_interval": iv for key, iv in intervals.items()})
+    return out

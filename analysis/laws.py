@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis import lse_fit
-from analysis.compute import FlopsPerUnit, allocation_constants, optimal_split
+from analysis.compute import FlopsPerUnit, allocation_constants, optimal_split, split_fields
 from analysis.errors import UserError
 from analysis.points import Points
 from analysis.results import FitResult, Interval, interval_warnings, r2_log
@@ -48,14 +48,17 @@ LAWS = {
 }
 
 
-def natural(spec: LawSpec, p: np.ndarray) -> dict[str, float]:
-    """Log-space parameters (e, a, α, b, β) to the law's own (E, A, α, B, β). A coefficient
+def natural(spec: LawSpec, p: np.ndarray) -> dict:
+    """Log-space parameters (e, a, α, b, β) to the law's own (E, A, α, B, β): floats for one
+    parameter vector, arrays (one value per row) for bootstrap draws [K, P]. A coefficient
     beyond float range (a degenerate bootstrap draw) is inf, and the interval built from the
     draws says so; no overflow warning on top."""
+    p = np.asarray(p, dtype=float)
     out = {}
     with np.errstate(over="ignore"):
         for i, name in enumerate(spec.param_names):
-            out[name] = float(p[i]) if name in ("alpha", "beta") else float(np.exp(p[i]))
+            value = p[..., i] if name in ("alpha", "beta") else np.exp(p[..., i])
+            out[name] = float(value) if p.ndim == 1 else value
     return out
 
 
@@ -97,9 +100,9 @@ def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: i
         samples, check = _bootstrap(logx, logy, spec.with_e, best, bootstrap, seed, top_k,
                                     check_resamples, workers, warm, groups)
     values = natural(spec, best)
-    nat_samples = None if samples is None else np.array([list(natural(spec, s).values()) for s in samples])
-    params = {name: Interval.from_samples(values[name], None if nat_samples is None else nat_samples[:, i])
-              for i, name in enumerate(spec.param_names)}
+    nat_samples = None if samples is None else natural(spec, samples)
+    params = {name: Interval.from_samples(values[name], None if nat_samples is None else nat_samples[name])
+              for name in spec.param_names}
     fitted = lse_fit.predict_log(best, logx, spec.with_e)
     result = FitResult(spec.name, len(df), points.dropped, params, r2_log=r2_log(logy, fitted),
                        warnings=list(points.warnings))
@@ -117,11 +120,11 @@ def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: i
                 f"warm-started bootstrap refits missed the grid optimum on {check['sampled'] - check['same_optimum']}"
                 f" of {check['sampled']} checked resamples: intervals may be too narrow")
     if nat_samples is not None:
-        result.samples = {name: nat_samples[:, i] for i, name in enumerate(spec.param_names)}
+        result.samples = nat_samples
     result.diagnostics["compute"] = points.flops.to_json()
     result.diagnostics["C_max"] = float(df["C"].max()) if "C" in df else None
     if spec.name == "chinchilla":
-        result.derived, draws = _allocation(best, samples, points.flops, float(df["C"].max()))
+        result.derived, draws = _allocation(spec, best, samples, points.flops, float(df["C"].max()))
         if draws is not None and result.samples is not None:
             result.samples.update(draws)
         result.warnings += points.flops.warnings()
@@ -146,7 +149,7 @@ def _held_out(spec, df, logx, logy, top_k) -> dict | None:
             "max_abs_rel_error": float(np.abs(np.expm1(err)).max())}
 
 
-def _allocation(best: np.ndarray, samples: np.ndarray | None, flops: FlopsPerUnit,
+def _allocation(spec: LawSpec, best: np.ndarray, samples: np.ndarray | None, flops: FlopsPerUnit,
                 c_max: float) -> tuple[dict[str, Interval], dict[str, np.ndarray] | None]:
     """The compute-optimal allocation N_opt ∝ C^a, D_opt ∝ C^b under ``flops``. With f(N) = k·N
     (6ND included) a = β/(α+β), b = α/(α+β) and G = (αA/(βB))^(1/(α+β)) give the closed form
@@ -158,8 +161,7 @@ def _allocation(best: np.ndarray, samples: np.ndarray | None, flops: FlopsPerUni
         a, b, g = allocation_constants(alpha, beta, la, lb)
         columns = {"a": a, "b": b, "G": g}
     else:
-        with np.errstate(over="ignore"):
-            law = {"A": np.exp(la)[:, None], "alpha": alpha[:, None], "B": np.exp(lb)[:, None], "beta": beta[:, None]}
+        law = {name: v[:, None] for name, v in natural(spec, rows).items()}
         split = optimal_split(law, flops, np.array([c_max / 1.01, c_max * 1.01]))
         step = 2 * np.log(1.01)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -208,15 +210,11 @@ def _predict(spec: LawSpec, df, best, samples, target: dict, flops: FlopsPerUnit
     if spec.name == "chinchilla" and set(point) == {"C"}:
         split = optimal_split(natural(spec, best), flops, point["C"])
         point.update({"N": float(split["N"]), "D": float(split["D"])})
-        point["D_per_N"] = point["D"] / point["N"]  # of the compute-optimal split
         if samples is not None:
-            law = {k: v[:, None] for k, v in _natural_draws(spec, samples).items()}
+            law = {k: v[:, None] for k, v in natural(spec, samples).items()}
             draws = optimal_split(law, flops, np.array([point["C"]]))
             draw_x = {"N": draws["N"][:, 0], "D": draws["D"][:, 0]}
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ratio = draw_x["D"] / draw_x["N"]
-            for key, v in (("N", draw_x["N"]), ("D", draw_x["D"]), ("D_per_N", ratio)):
-                point[f"{key}_interval"] = Interval.from_samples(point[key], v)
+        point.update(split_fields(point, draw_x))
     if "C" not in point and {"N", "D"} <= set(point):
         point["C"] = float(flops(point["N"])) * point["D"]
     missing = [v for v in spec.variables if v not in point]
@@ -250,14 +248,6 @@ def split_of(fit: FitResult, c, *, draws: bool = False) -> dict | None:
         return None
     return optimal_split({k: np.asarray(fit.samples[k], float)[:, None] for k in names}, flops, c)
 
-
-def _natural_draws(spec: LawSpec, samples: np.ndarray) -> dict[str, np.ndarray]:
-    with np.errstate(over="ignore"):
-        return {name: samples[:, i] if name in ("alpha", "beta") else np.exp(samples[:, i])
-                for i, name in enumerate(spec.param_names)}
-
-
-# --- bootstrap ------------------------------------------------------------------------------
 
 def seed_spread(logy: np.ndarray, groups: np.ndarray) -> dict | None:
     """Run-to-run spread: the pooled standard deviation of log loss among a point's runs
