@@ -199,7 +199,7 @@ def power_law_split(fit: FitResult, c, *, draws: bool = False) -> dict | None:
     D = C / f(N) under the fit's compute convention (exact for any f, where D's own power law
     is only approximate when f is not linear in N); ``draws``: [K, M] per bootstrap draw.
     None when the fit has no a (or no draws of it)."""
-    a_iv = fit.params.get("a") or fit.derived.get("a")
+    a_iv = fit.estimate("a")
     if a_iv is None:
         return None
     if draws:
@@ -316,7 +316,7 @@ def compare_approaches(fits: list[FitResult]) -> dict | None:
 def _allocation_at(fit: FitResult, c: float) -> dict | None:
     from analysis.laws import split_of
 
-    a = fit.params.get("a") if fit.law == "isoflop" else fit.derived.get("a")
+    a = fit.estimate("a")
     if a is None or not np.isfinite(a.value):
         return None
     split = split_of if fit.law == "chinchilla" else power_law_split

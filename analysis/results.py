@@ -48,6 +48,11 @@ class FitResult:
     # error bands in the report; None without a bootstrap. Not part of the JSON document.
     samples: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
+    def estimate(self, name: str) -> Interval | None:
+        """A fitted parameter or a derived quantity by name (IsoFLOP fits its a; the
+        Chinchilla law and the envelope derive theirs), or None."""
+        return self.params[name] if name in self.params else self.derived.get(name)
+
     def to_json(self, *, with_samples: bool = False) -> dict:
         """The JSON document of ``scalinglab fit --format json``; ``with_samples`` adds the
         bootstrap draws (``fits.json`` keeps them, so a report can draw bands without refitting)."""

@@ -116,8 +116,7 @@ def frontier_figure(trials: pd.DataFrame, fits: list[FitResult], targets_c: list
 
 def _allocation_lines(fig, grid, split, draws, fit: FitResult, law: str) -> None:
     """N_opt, D_opt and D_opt/N_opt of one approach against C, with 95% bands from its draws."""
-    params = fit.params if law == "isoflop" else fit.derived
-    a, b = params["a"], params["b"]
+    a, b = fit.estimate("a"), fit.estimate("b")
     name = f"{law}: a={a.value:.3f} [{a.low:.3f}, {a.high:.3f}], b={b.value:.3f} [{b.low:.3f}, {b.high:.3f}]"
     curves = [split["N"], split["D"], split["D"] / split["N"]]
     bands = [None] * 3
