@@ -101,7 +101,8 @@ def header(data: ReportData) -> str:
     t = data.trials
     counts = t[TRIALS.status].value_counts()
     done = t[t[TRIALS.status] == Status.COMPLETED]
-    started, finished = _times(t)
+    first, last = _span(t)
+    started, finished = (x.strftime("%Y-%m-%d %H:%M:%S UTC") if x is not None else "–" for x in (first, last))
     rows = [
         ("family", ", ".join(esc(f) for f in t[TRIALS.family].dropna().unique()) if TRIALS.family in t else "–"),
         ("trials", f"{len(t)}: " + ", ".join(f"{n} {esc(s)}" for s, n in counts.items())),
@@ -124,21 +125,21 @@ def _wall_time(data: ReportData) -> str:
     recorded = [r.get("wall_s") for r in data.runs]
     if recorded and all(w is not None for w in recorded):
         return f"{sum(float(w) for w in recorded):.0f} s over {len(recorded)} run(s) of the sweep; " + trial_seconds
-    start = pd.to_datetime(t.get(TRIALS.started_at), utc=True, errors="coerce").dropna() if TRIALS.started_at in t else []
-    end = pd.to_datetime(t.get(TRIALS.finished_at), utc=True, errors="coerce").dropna() if TRIALS.finished_at in t else []
-    if len(start) and len(end):
-        span = (end.max() - start.min()).total_seconds()
+    first, last = _span(t)
+    if first is not None and last is not None:
+        span = (last - first).total_seconds()
         why = (f"{sum(w is None for w in recorded)} of {len(recorded)} run(s) stopped before recording their own"
                if recorded else "the folder has no run record")
         return f"{span:.0f} s from the first trial's start to the last one's finish ({why}); " + trial_seconds
     return trial_seconds or "–"
 
 
-def _times(t: pd.DataFrame) -> tuple[str, str]:
-    def fmt(series, pick):
-        s = pd.to_datetime(series, utc=True, errors="coerce").dropna() if series is not None else pd.Series([])
-        return pick(s).strftime("%Y-%m-%d %H:%M:%S UTC") if len(s) else "–"
-    return fmt(t.get(TRIALS.started_at), min), fmt(t.get(TRIALS.finished_at), max)
+def _span(t: pd.DataFrame) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """(the first trial's start, the last trial's finish), None where the table has none."""
+    def pick(column, which):
+        s = pd.to_datetime(t[column], utc=True, errors="coerce").dropna() if column in t else pd.Series([])
+        return which(s) if len(s) else None
+    return pick(TRIALS.started_at, min), pick(TRIALS.finished_at, max)
 
 
 def _resources(data: ReportData) -> str:
