@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from analysis.errors import UserError
-from analysis.records import NCount
+from analysis.records import TRIALS, NCount, Role, Status
 
 SWEEP_BOOTSTRAP = 200  # bootstrap resamples of the fits at the end of a sweep
 
@@ -54,8 +54,6 @@ def _sweep(args: argparse.Namespace) -> int:
 def summary_table(trials) -> str:
     """Final loss (in the family's loss unit) by N (rows) and D (columns) of the fit points,
     then every trial that did not complete."""
-    from analysis.records import TRIALS, Role, Status
-
     fit_points = trials[TRIALS.role].map(lambda r: Role(r).fit_point)
     done = trials[(trials[TRIALS.status] == Status.COMPLETED) & fit_points]
     lines = []
@@ -188,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scalinglab", description="Scaling-law sweeps on Ray + DeepSpeed, fits and reports."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_sweep_parser, _submit_parser, _jobs_parser, _fit_parser, _emergence_parser, _report_parser):
+        add(sub)
+    return parser
+
+
+def _sweep_parser(sub) -> None:
     sweep = sub.add_parser("sweep", help="run a sweep spec (embedded local Ray, or --address)")
     sweep.add_argument("spec", help="sweep spec YAML, e.g. experiments/sweeps/quickstart.yaml")
     sweep.add_argument("--address", help="existing Ray cluster: ray://HOST:10001, HOST:6379 or auto")
@@ -204,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
     sweep.set_defaults(func=_sweep)
 
+
+def _submit_parser(sub) -> None:
     submit = sub.add_parser("submit", help="submit a sweep to a Ray cluster as a Ray Job")
     submit.add_argument("spec", help="sweep spec YAML (checked here before anything is submitted)")
     submit.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: "
@@ -216,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--verbose", action="store_true", help="show Ray's and DeepSpeed's own logs")
     submit.set_defaults(func=_submit)
 
+
+def _jobs_parser(sub) -> None:
     jobs = sub.add_parser("jobs", help="a submitted sweep: status, logs or stop")
     jobs.add_argument("action", choices=["status", "logs", "stop"])
     jobs.add_argument("job_id", help="the id `scalinglab submit` printed (raysubmit_…)")
@@ -223,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
     jobs.set_defaults(func=_jobs)
 
+
+def _fit_parser(sub) -> None:
     fit = sub.add_parser("fit", help="fit scaling laws to a results folder or a CSV/Parquet table")
     fit.add_argument("source", help="a sweep's results folder, or a .csv/.parquet table")
     fit.add_argument("--law", action="append", metavar="LAW",
@@ -233,15 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--n-count", choices=[c.value for c in NCount], default=NCount.SCALING.value,
                      help="N: the family's scaling count (n_params: non-embedding for the transformer) or every "
                      "parameter (total_params)")
-    fit.add_argument("--n-col", default="n_params", help="N's column (wins over --n-count)")
-    fit.add_argument("--d-col", default="data_units")
-    fit.add_argument("--c-col", default="flops")
-    fit.add_argument("--loss-col", default="final_loss")
+    fit.add_argument("--n-col", default=TRIALS.n_params.name, help="N's column (wins over --n-count)")
+    fit.add_argument("--d-col", default=TRIALS.data_units.name)
+    fit.add_argument("--c-col", default=TRIALS.flops.name)
+    fit.add_argument("--loss-col", default=TRIALS.final_loss.name)
     fit.add_argument("--full-grid", action="store_true",
                      help="run L-BFGS from every grid start (slow): starts_at_best over the whole grid")
     fit.add_argument("--format", choices=["text", "json"], default="text")
     fit.set_defaults(func=_fit)
 
+
+def _emergence_parser(sub) -> None:
     em = sub.add_parser("emergence", help="flag capability thresholds: a sweep's folder or a table of model results")
     em.add_argument("source", help="a sweep's results folder, or a .csv/.parquet table (one row per model)")
     em.add_argument("--x-col", help="table: the scale column (N, D, C, or a loss with --loss-axis)")
@@ -259,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--format", choices=["text", "json"], default="text")
     em.set_defaults(func=_emergence)
 
+
+def _report_parser(sub) -> None:
     report = sub.add_parser("report", help="write a sweep's self-contained HTML report (plotly, offline)")
     report.add_argument("results", help="a sweep's results folder (holding trials.parquet)")
     report.add_argument("-o", "--output", help="the HTML file to write (default: RESULTS/report.html)")
@@ -267,7 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--bootstrap", type=int, default=200, help="resamples for the fits' bands (0: off)")
     report.add_argument("--seed", type=int, default=0)
     report.set_defaults(func=_report)
-    return parser
 
 
 def check_not_shadowed(cwd: Path | None = None) -> None:
