@@ -226,12 +226,25 @@ def _isoflop_prediction(fit: FitResult, c: float, c_max: float) -> dict:
 
 # --- envelope -------------------------------------------------------------------------------
 
+def frontier(c: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Indices, in order of C, of the points with a lower loss than every point of less
+    compute: the compute frontier (the envelope, and the subset the L(C) laws are fitted to)."""
+    order = np.argsort(c, kind="stable")
+    best = np.minimum.accumulate(loss[order])
+    return order[np.r_[True, loss[order][1:] < best[:-1]]]
+
+
+def end_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's last row (its largest C): the point its schedule has finished."""
+    return df.sort_values("C").groupby("trial_id", sort=False).tail(1)
+
+
 def fit_envelope(points: Points, *, bootstrap: int = 1000, seed: int = 0) -> FitResult:
     df = points.frame
     if "trial_id" not in df:
         raise UserError("envelope: the points carry no trial_id (it resamples whole trials)")
     warnings = list(points.warnings)
-    ends = df.sort_values("C").groupby("trial_id", sort=False).tail(1)  # one end point per trial
+    ends = end_points(df)
     if len(ends) < len(df):
         warnings.append(f"envelope: {len(df) - len(ends)} row(s) are earlier checkpoints of a trial: only each "
                         "trial's end point is used (an unfinished schedule overstates the loss)")
@@ -240,10 +253,8 @@ def fit_envelope(points: Points, *, bootstrap: int = 1000, seed: int = 0) -> Fit
     c_all, loss_all, n_all = (ends[k].to_numpy(float) for k in ("C", "loss", "N"))
 
     def envelope(rows):
-        order = rows[np.argsort(c_all[rows], kind="stable")]
-        best = np.minimum.accumulate(loss_all[order])
-        keep = np.r_[True, loss_all[order][1:] < best[:-1]]  # lower than every cheaper point
-        return c_all[order][keep], loss_all[order][keep], n_all[order][keep]
+        on = rows[frontier(c_all[rows], loss_all[rows])]
+        return c_all[on], loss_all[on], n_all[on]
 
     def exponents(rows):
         c, loss, n = envelope(rows)

@@ -18,7 +18,15 @@ import sys
 import numpy as np
 import pandas as pd
 
-from analysis.allocation import APPROACHES, budgets_of, compare_approaches, fit_envelope, fit_isoflop
+from analysis.allocation import (
+    APPROACHES,
+    budgets_of,
+    compare_approaches,
+    end_points,
+    fit_envelope,
+    fit_isoflop,
+    frontier,
+)
 from analysis.compute import FlopsPerUnit
 from analysis.errors import UserError
 from analysis.laws import LAWS, fit_lse_law
@@ -56,9 +64,8 @@ def subset_for(law: str, df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         n = df["N"].max()
         return df[np.isclose(df["N"], n, rtol=1e-6)], f"points at the largest N ({n:.3g})"
     if var == "C":
-        ordered = df.sort_values("C")
-        frontier = ordered[ordered["loss"] < ordered["loss"].cummin().shift(fill_value=np.inf)]
-        return frontier, "the compute frontier (lower loss than every point of less compute)"
+        on = frontier(df["C"].to_numpy(float), df["loss"].to_numpy(float))
+        return df.iloc[on], "the compute frontier (lower loss than every point of less compute)"
     return df, "all points"
 
 
@@ -79,8 +86,9 @@ def identifiable(law: str, points: Points) -> str | None:
     if law == "envelope":
         if "trial_id" not in df:
             return "needs a trial_id column (it resamples whole trials)"
-        frontier = len(subset_for("power_C", df)[0])
-        return None if frontier >= 3 else f"needs >= 3 points on the compute frontier (has {frontier})"
+        ends = end_points(df)  # what the envelope is made of: each trial's finished point
+        on = len(frontier(ends["C"].to_numpy(float), ends["loss"].to_numpy(float)))
+        return None if on >= 3 else f"needs >= 3 trials' end points on the compute frontier (has {on})"
     sub, described = subset_for(law, df)
     var = law.split("_")[-1]
     need = 4 if LAWS[law].with_e else 3

@@ -204,6 +204,20 @@ def test_envelope_uses_end_points_and_says_so_when_given_checkpoints():
     assert {(p["C"], p["loss"]) for p in r.diagnostics["envelope"]} <= set(zip(table["flops"], table["final_loss"]))
 
 
+def test_envelope_identifiability_counts_end_points_not_checkpoints():
+    """Two trials with three checkpoints each put 3+ rows on the frontier but only 2 finished
+    points: the envelope is not identifiable, and the default fit leaves it out instead of
+    failing every law with it."""
+    from analysis.fit import identifiable
+
+    rows = [{"trial_id": f"t{i}", "n_params": n, "data_units": d, "flops": 6 * n * d, "final_loss": law(n, d)}
+            for i, n in enumerate((1e8, 1e9)) for d in (1e9, 1e10, 1e11)]
+    points = load_points(pd.DataFrame(rows))
+    assert "end points" in identifiable("envelope", points)
+    fits = fit_laws(pd.DataFrame(rows), bootstrap=0, log=lambda m: None)
+    assert "envelope" not in {f.law for f in fits}
+
+
 # --- the approaches side by side ------------------------------------------------------------
 
 def test_approaches_agree_on_a_consistent_table_and_disagree_on_conflicting_ones():
