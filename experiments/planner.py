@@ -105,14 +105,15 @@ def plan(spec: SweepSpec, located: Located) -> list[TrialConfig]:
     shapes = [_shape(spec, family, i, size, data, located) for i, size in enumerate(spec.model.sizes)]
     trials: list[TrialConfig] = []
     search = spec.training.lr if isinstance(spec.training.lr, LRSearchSpec) else None
+    seeded_specs = [dataclasses.replace(spec, training=dataclasses.replace(spec.training, seed=spec.training.seed + k))
+                    for k in range(spec.training.seeds)]  # the spec of each seed's runs
     for i, (size, shape) in enumerate(zip(spec.model.sizes, shapes)):
         fpu = family.flops_per_unit(shape)
         if spec.budgets.kind == "grid":
             budgets = [(j, units, None) for j, units in enumerate(spec.budgets.data(family.data_unit))]
         else:
             budgets = [(j, c / fpu, c) for j, c in enumerate(spec.budgets.flops)]
-        for k in range(spec.training.seeds):  # a wsd ladder per seed: each its own trunk
-            seeded = dataclasses.replace(spec, training=dataclasses.replace(spec.training, seed=spec.training.seed + k))
+        for seeded in seeded_specs:  # a wsd ladder per seed: each its own trunk
             points = [_trial(seeded, located, family, size, shape, i, j, planned, c) for j, planned, c in budgets]
             if spec.training.schedule == Schedule.WSD:
                 points = wsd_ladder(points, seeded, located)
