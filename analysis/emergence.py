@@ -2,42 +2,50 @@
 
 Pure functions over DataFrames (no Ray, no torch). :func:`detect` takes one row per model
 (or checkpoint) with a scale column and one or more metric columns and returns one
-:class:`Emergence` per (group, metric) with a verdict:
+:class:`Emergence` per (group, metric) with a :class:`~analysis.records.Verdict`, tested in
+this order:
 
 - ``not_enough_data``: fewer than ``MIN_POINTS`` distinct scales;
-- ``non_monotone``: a significant rise that falls back to near where it started;
-- ``emergent``: a plateau near chance over at least two scales, then a jump that is
-  significant given the per-point standard errors, with the values after it significantly
-  above chance, and sharp: one step carries at least ``SHARP_FRACTION`` of the whole rise, or
-  a sigmoid in log-scale beats every smooth model (below);
-- ``smooth``: a significant trend that is not emergent;
-- ``flat``: no significant change over the range.
+- ``flat``: a constant series;
+- ``non_monotone``: a significant rise that falls back to below half of it;
+- ``emergent``: a step at the k-th scale such that
+  1. the points before it (at least two) are a plateau: consistent with a constant
+     (χ² test at ``PLATEAU_P``) whose level is near chance when a chance level is known
+     (within max(3 standard errors of the level, 10% of the rise after it));
+  2. the first two points from the step on are each at least ``Z`` standard errors (of
+     their difference from the plateau's level) above it, and significant at the test level;
+  3. no smooth trend explains it: adding the step to the best linear, power-law and
+     wide-sigmoid fit (``analysis.emergence_models``) lowers χ² by more than the one-sided
+     likelihood-ratio critical value with one degree of freedom, against every one of them
+     (an intersection-union test), or a sharp sigmoid (narrower than the range) beats every
+     one of them by as much: a transition caught mid-rise. The level is divided among the
+     places that pass rules 1 and 2, plus one for the sigmoid (Bonferroni). This is the
+     sharpness test: a smooth curve's prediction is the reference, not the share of the rise;
+- ``late_jump``: no such step, but the points before the last are a plateau and the last is
+  above it (rules 1 and 2): one point of evidence, which a steep smooth trend explains as
+  well as a step;
+- ``smooth``: a linear, power or sigmoid trend beats a constant by a likelihood-ratio test
+  at ``TREND_P``;
+- ``flat``: otherwise.
 
-Standard errors come from a column (``stderr``), from a binomial with ``n_items`` trials
-(p smoothed as (k + ½)/(n + 1), so that a 0% point still has an error), or, with neither,
-from the series' own scatter (the robust scale of its second differences, a caveat says so).
-"Near chance" is within ``max(3·se, 10% of the jump)``: binomial errors near zero are tiny.
+The level is per series. :func:`detect` divides it by the number of series it tests at once
+(metrics × groups, and axes on a sweep folder): Bonferroni, so the chance of one false
+``emergent`` among them all stays at most the level.
 
-Scores (all in ``scores``):
-- BIG-bench (Srivastava et al. 2022, sec. 3.4) on the series sorted by scale, with
-  I(y) = sign(argmax y − argmin y)·(max y − min y) and Δᵢ = y_{i+1} − y_i:
-  ``linearity`` = I(y) / RootMeanSquare(Δ) and ``breakthroughness`` = I(y) / RootMedianSquare(Δ)
-  (null where the denominator is zero);
-- model comparison in u = log10(scale): ``linear`` (a + b·u), ``power`` (c + A·10^{αu}),
-  ``sigmoid`` (floor + height / (1 + exp(−(u − m)/s))) and, with at least 7 points, a
-  one-break ``bnsl`` (Caballero et al. 2022: a + b·x^{c0}·(1 + (x/d)^{1/f})^{c1·f}), scored by
-  AICc on the χ² of the fit; ``best_model`` names the winner and ``aicc`` holds all. A
-  transition counts as sharp when the sigmoid beats both smooth models by 2 and its 10–90%
-  width is under 40% of the axis range;
-- the sigmoid's midpoint (the scale of half-way between floor and ceiling) with a parametric
-  bootstrap interval (``midpoint_low``/``midpoint_high``), its width in decades (10% to 90%
-  of the rise), and its onset (10% of the rise; ``onset_fit`` with ``onset_fit_low``/``_high``).
+Standard errors come from a column, from a binomial with ``n_items`` trials (at the accuracy
+a fitted sigmoid predicts, p smoothed as (k + ½)/(n + 1), so that a 0% point still has an
+error), from the spread of rows that share a scale, or, with none of those, from the
+residuals of a sigmoid of any width (a sharp one is a step, so a jump cannot inflate them).
+With estimated errors the calls are less reliable (docs/emergence.md has the rates).
 
-``threshold`` (the onset, when emergent) is bracketed by the data: ``low`` is the last
-plateau point, ``high`` the first point clearly above it, ``x`` their geometric mean (their
-mean on a loss axis). ``midpoint`` is the fitted sigmoid's when a sharp sigmoid wins the
-comparison, else where the data cross half-way between the plateau and the highest value
-after the jump (interpolated in log scale).
+Scores (``scores``): BIG-bench's linearity and breakthroughness (:func:`big_bench_scores`);
+the AICc of the linear, power and sigmoid fits and ``best_model``; for an emergent call the
+step's χ² drop (``step_chi2``), its critical value, the smooth model hardest to beat
+(``step_against``) and the evidence points' z (``jump_z``); a sharp sigmoid's midpoint with a
+parametric-bootstrap interval, its width in decades and onset; ``level``, the per-series level.
+
+``threshold`` (when emergent) is bracketed by the data: ``low`` is the last plateau point,
+``high`` the first point of the step, ``x`` their geometric mean (their mean on a loss axis).
 
 The loss-threshold view (Du et al. 2024) is the same detector with the model's held-out loss
 as the axis (``loss_axis=True``): lower loss is more scale, the axis is linear, and the onset
@@ -52,19 +60,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from scipy.optimize import curve_fit
 
+from analysis import emergence_models as em
 from analysis.errors import UserError
-from analysis.records import capability_name, capability_task
+from analysis.records import Verdict, capability_name, capability_task
 
 MIN_POINTS = 4  # distinct scales below which the verdict is not_enough_data
-Z = 3.0  # standard errors for a difference to count as significant
+LEVEL = 0.015  # default level of the step test, per series (before dividing it among several series)
+PLATEAU_P = 0.01  # points before a step are a plateau unless a constant is rejected at this level
+TREND_P = 0.0027  # a trend is significant at 3 sigma (two-sided)
+Z = 3.0  # standard errors of the descriptive tolerances: "near chance", a decline
 NEAR_FRACTION = 0.10  # "near chance": within this fraction of the jump (or Z standard errors)
-SHARP_FRACTION = 0.5  # a single step holding this share of the rise is sharp
-AICC_MARGIN = 2.0  # the transition model must beat the smooth ones by this much
-SHARP_WIDTH_FRACTION = 0.4  # a fitted transition is sharp when its 10-90% width is under this share of the range
+AICC_MARGIN = 2.0  # a sharp sigmoid must beat the smooth models by this much to describe the transition
 DISCONTINUOUS = ("exact_match", "em", "acc", "accuracy")
-VERDICTS = ("emergent", "smooth", "flat", "non_monotone", "not_enough_data")
+VERDICTS = tuple(Verdict.values())
 
 
 @dataclass
@@ -73,7 +84,8 @@ class Emergence:
     metric: str
     axis: str
     n_points: int
-    verdict: str
+    verdict: Verdict
+    subset: str = "all rows"
     threshold: dict | None = None  # {"x", "low", "high"}: the onset, when emergent
     midpoint: float | None = None
     width_decades: float | None = None
@@ -81,9 +93,10 @@ class Emergence:
     caveats: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"group": self.group, "metric": self.metric, "axis": self.axis, "n_points": self.n_points,
-                "verdict": self.verdict, "threshold": self.threshold, "midpoint": self.midpoint,
-                "width_decades": self.width_decades, "scores": self.scores, "caveats": self.caveats}
+        return {"group": self.group, "metric": self.metric, "axis": self.axis, "subset": self.subset,
+                "n_points": self.n_points, "verdict": str(self.verdict), "threshold": self.threshold,
+                "midpoint": self.midpoint, "width_decades": self.width_decades, "scores": self.scores,
+                "caveats": self.caveats}
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,7 @@ class MetricSpec:
     n_items: float | None = None
     chance: float | None = None
     kind: str | None = None  # discontinuous | continuous; None: from the name
+    answer_tokens: float | None = None  # tokens per answer, for the exact-match mirage check
 
     @property
     def discontinuous(self) -> bool:
@@ -103,273 +117,262 @@ class MetricSpec:
         return capability_name(self.column).lower() in DISCONTINUOUS
 
 
-def big_bench_scores(y: np.ndarray) -> dict[str, float | None]:
-    """Linearity and breakthroughness of a series sorted by scale (see the module docstring)."""
+def big_bench_scores(y: np.ndarray, se: np.ndarray | None = None) -> dict[str, float | None]:
+    """BIG-bench's linearity and breakthroughness (Srivastava et al. 2022, sec. 3.4) of a
+    series sorted by scale: with I = sign(argmax − argmin)·(max − min) and Δᵢ = y_{i+1} − y_i,
+    linearity = I / RootMeanSquare(Δ) and breakthroughness = I / RootMedianSquare(Δ).
+
+    Each denominator is floored at the size a step has from noise alone, √2·median(se), and
+    at 1e-3·(max − min), so that both are defined on every series: a step series whose other
+    steps are all exactly zero gets a large finite breakthroughness instead of none."""
     y = np.asarray(y, dtype=float)
     if len(y) < 2:
         return {"linearity": None, "breakthroughness": None}
-    improvement = float(np.sign(np.argmax(y) - np.argmin(y)) * (y.max() - y.min()))
+    spread = float(y.max() - y.min())
+    if spread == 0:
+        return {"linearity": 0.0, "breakthroughness": 0.0}
+    improvement = float(np.sign(np.argmax(y) - np.argmin(y))) * spread
+    floor = max(1e-3 * spread, math.sqrt(2) * float(np.median(se)) if se is not None else 0.0)
     steps = np.diff(y) ** 2
-    rms, rmeds = math.sqrt(steps.mean()), math.sqrt(float(np.median(steps)))
-    return {"linearity": improvement / rms if rms > 0 else (0.0 if improvement == 0 else None),
-            "breakthroughness": improvement / rmeds if rmeds > 0 else (0.0 if improvement == 0 else None)}
+    return {"linearity": improvement / max(math.sqrt(steps.mean()), floor),
+            "breakthroughness": improvement / max(math.sqrt(float(np.median(steps))), floor)}
 
 
-# --- the smooth and the transition models, in u = log10(x) --------------------------------
-
-def _linear(u, a, b):
-    return a + b * u
-
-
-def _power(u, c, amp, alpha):
-    return c + amp * np.power(10.0, np.clip(alpha * u, -50, 50))
+def _chi2_crit(q: int, alpha: float) -> float:
+    """The χ² (or drop in χ², for q extra parameters) that chance exceeds with probability alpha."""
+    return float(stats.chi2.isf(alpha, q))
 
 
-def _sigmoid(u, floor, height, mid, scale):
-    return floor + height / (1 + np.exp(-np.clip((u - mid) / scale, -50, 50)))
+# --- the points and their errors ----------------------------------------------------------------
 
-
-def _bnsl(u, a, b, c0, c1, log_d, f):
-    x = np.power(10.0, u)
-    d = 10.0 ** log_d
-    return a + b * np.power(x / d, c0) * np.power(1 + np.power(x / d, 1 / f), c1 * f)
-
-
-def _fit(model: str, u: np.ndarray, y: np.ndarray, se: np.ndarray,
-         start: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
-    """(parameters, χ²) of the best of a few starts (or of ``start`` alone), or None when
-    nothing converges."""
-    lo, hi, span = float(u.min()), float(u.max()), float(np.ptp(u)) or 1.0
-    y_lo, y_span = float(y.min()), float(np.ptp(y)) or 1.0
-    if model == "linear":
-        f, starts, bounds = _linear, [(y_lo, 0.0)], (-np.inf, np.inf)
-    elif model == "power":
-        f = _power
-        starts = [(y_lo, y_span * 10 ** (-a * hi), a) for a in (0.3 / span, 1.0 / span, 3.0 / span)]
-        bounds = (-np.inf, np.inf)
-    elif model == "sigmoid":
-        f = _sigmoid
-        starts = [(y_lo, y_span, m, s * span) for m in np.linspace(lo, hi, 5)[1:-1] for s in (0.05, 0.2)]
-        bounds = ([-np.inf, -np.inf, lo - span, 1e-3 * span], [np.inf, np.inf, hi + span, 2 * span])
-    else:  # bnsl
-        f = _bnsl
-        starts = [(y_lo, y_span * 1e-3, 0.0, c1, d, 0.3) for c1 in (0.5, 2.0) for d in np.linspace(lo, hi, 4)[1:-1]]
-        bounds = ([-np.inf, -np.inf, -5, -5, lo - span, 1e-2], [np.inf, np.inf, 5, 5, hi + span, 10])
-    if start is not None:
-        starts = [tuple(np.clip(start, np.asarray(bounds[0]) + 1e-9, np.asarray(bounds[1]) - 1e-9))
-                  if isinstance(bounds[0], list) else tuple(start)]
-    best = None
-    for p0 in starts:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                params, _ = curve_fit(f, u, y, p0=p0, sigma=se, absolute_sigma=True, bounds=bounds, maxfev=4000)
-        except (RuntimeError, ValueError):
-            continue
-        chi2 = float(np.sum(((f(u, *params) - y) / se) ** 2))
-        if math.isfinite(chi2) and (best is None or chi2 < best[1]):
-            best = (params, chi2)
-    return best
-
-
-def _aicc(chi2: float, k: int, n: int) -> float | None:
-    if n - k - 1 <= 0:
-        return None
-    return chi2 + 2 * k + 2 * k * (k + 1) / (n - k - 1)
-
-
-_MODELS = {"linear": 2, "power": 3, "sigmoid": 4, "bnsl": 6}
-
-
-def compare_models(u: np.ndarray, y: np.ndarray, se: np.ndarray) -> dict:
-    """{"aicc": {model: value}, "best_model": name, "sigmoid": params or None}."""
-    fits, aicc = {}, {}
-    for name, k in _MODELS.items():
-        if len(u) - k - 1 <= 0 or (name == "bnsl" and len(u) < 7):
-            continue
-        fitted = _fit(name, u, y, se)
-        if fitted is not None:
-            fits[name] = fitted
-            aicc[name] = _aicc(fitted[1], k, len(u))
-    best = min(aicc, key=aicc.get) if aicc else None
-    return {"aicc": {k: round(v, 3) for k, v in aicc.items()}, "best_model": best,
-            "sigmoid": fits.get("sigmoid", (None,))[0], "chi2": {k: f[1] for k, f in fits.items()}}
-
-
-def _transition_wins(cmp: dict, u: np.ndarray) -> bool:
-    """A sharp transition is preferred: the sigmoid beats both smooth models by AICC_MARGIN
-    and rises from 10% to 90% within SHARP_WIDTH_FRACTION of the axis range. (The broken
-    power law is reported in ``aicc`` but decides nothing: it also fits smooth curvature.)"""
-    aicc = cmp["aicc"]
-    smooth = min((aicc[m] for m in ("linear", "power") if m in aicc), default=None)
-    if "sigmoid" not in aicc or smooth is None or aicc["sigmoid"] >= smooth - AICC_MARGIN:
-        return False
-    width = 2 * math.log(9) * cmp["sigmoid"][3]
-    return bool(width <= SHARP_WIDTH_FRACTION * float(np.ptp(u)))
-
-
-# --- one series -------------------------------------------------------------------------------
-
-def _standard_errors(y: np.ndarray, spec: MetricSpec, se_col: np.ndarray | None,
-                     caveats: list[str], ties: tuple[np.ndarray, float] | None = None) -> np.ndarray:
-    if se_col is not None:
-        if np.any(~np.isfinite(se_col)) or np.any(se_col < 0):
-            raise UserError(f"{spec.stderr_column}: standard errors must be finite and >= 0")
-        se = se_col.astype(float)
-    elif spec.n_items is not None:
-        if np.any((y < 0) | (y > 1)):
-            raise UserError(f"{spec.column}: --n-items gives binomial errors of accuracies in [0, 1]; "
-                                f"values run from {y.min():g} to {y.max():g}")
-        p = (y * spec.n_items + 0.5) / (spec.n_items + 1)
-        se = np.sqrt(p * (1 - p) / spec.n_items)
-    elif ties is not None:  # several rows at some scales: their pooled spread, per mean
-        counts, pooled_sd = ties
-        se = pooled_sd / np.sqrt(counts)
-        caveats.append("no standard errors given (--stderr-col or --n-items): they were estimated "
-                       "from the spread of rows that share a scale")
-    else:
-        second = np.diff(y, 2)
-        sigma = 1.4826 * float(np.median(np.abs(second))) / math.sqrt(6) if len(second) else 0.0
-        se = np.full_like(y, sigma, dtype=float)
-        caveats.append("no standard errors given (--stderr-col or --n-items): they were estimated "
-                       "from the series' own scatter")
-    floor = 1e-6 * max(1.0, float(np.abs(y).max()))
-    return np.maximum(se, floor)
-
-
-def analyse_series(x: np.ndarray, y: np.ndarray, spec: MetricSpec, *, group: str = "", axis: str = "x",
-                   se: np.ndarray | None = None, loss_axis: bool = False, bootstrap: int = 200,
-                   seed: int = 0) -> Emergence:
-    """The verdict for one metric against one scale axis (see the module docstring)."""
-    caveats: list[str] = []
+def _points(x, y, se, axis: str, loss_axis: bool, caveats: list[str]) -> pd.DataFrame:
+    """One row per distinct scale, in increasing scale order: x, y (the mean of tied rows),
+    se2 (the squared standard error of that mean, from given errors), k (tied rows), ss
+    (their sum of squared deviations)."""
     frame = pd.DataFrame({"x": x, "y": y, "se": se if se is not None else np.nan})
     frame = frame[np.isfinite(frame["y"])]
-    if not loss_axis:
+    if loss_axis:
+        frame = frame[np.isfinite(frame["x"])]
+    else:
         bad = ~(np.isfinite(frame["x"]) & (frame["x"] > 0))
         if bad.any():
             caveats.append(f"{int(bad.sum())} row(s) with a missing or non-positive {axis} dropped (log axis)")
             frame = frame[~bad]
-    else:
-        frame = frame[np.isfinite(frame["x"])]
-    # ties: one point per scale, the mean (standard error of the mean of the tied values)
     agg = frame.groupby("x", sort=True).agg(y=("y", "mean"), se2=("se", lambda s: float(np.sum(s**2)) / len(s)**2),
                                             k=("y", "size"), ss=("y", lambda s: float(np.sum((s - s.mean()) ** 2))))
     if (agg["k"] > 1).any():
         caveats.append(f"{int((agg['k'] > 1).sum())} scale(s) with several rows: their mean is used")
-    xs = agg.index.to_numpy(dtype=float)
-    ys = agg["y"].to_numpy(dtype=float)
-    if loss_axis:  # lower loss is more scale: order by decreasing loss
-        xs, ys, agg = xs[::-1], ys[::-1], agg.iloc[::-1]
+    agg = agg.reset_index()
+    return agg.iloc[::-1].reset_index(drop=True) if loss_axis else agg  # lower loss is more scale
+
+
+def _errors(u: np.ndarray, agg: pd.DataFrame, spec: MetricSpec, given: bool, caveats: list[str]) -> np.ndarray:
+    """Each point's standard error (module docstring); a caveat says how they were estimated
+    when none were given."""
+    y = agg["y"].to_numpy(float)
+    floor = 1e-6 * max(1.0, float(np.abs(y).max()))
+    dof_ties = int((agg["k"] - 1).sum())
+    if given and np.isfinite(agg["se2"]).all():
+        se = np.sqrt(agg["se2"].to_numpy(float))
+        if np.any(~np.isfinite(se)) or np.any(se < 0):
+            raise UserError(f"{spec.stderr_column}: standard errors must be finite and >= 0")
+    elif spec.n_items is not None:
+        if np.any((y < 0) | (y > 1)):
+            raise UserError(f"{spec.column}: --n-items gives binomial errors of accuracies in [0, 1]; "
+                            f"values run from {y.min():g} to {y.max():g}")
+        se = _binomial_errors(u, y, spec.n_items)
+    elif dof_ties >= 2:  # several rows at some scales: their pooled spread, per mean
+        se = math.sqrt(float(agg["ss"].sum()) / dof_ties) / np.sqrt(agg["k"].to_numpy(float))
+        caveats.append(f"no standard errors given (--stderr-col or --n-items): they were estimated from the "
+                       f"spread of rows that share a scale ({dof_ties} degrees of freedom)")
+    else:
+        sigma, dof, name = _residual_scale(u, y)
+        se = np.full_like(y, max(sigma, 1e-4 * float(np.ptp(y))))
+        caveats.append(f"no standard errors given (--stderr-col or --n-items): σ = {sigma:.3g} was estimated from "
+                       f"the residuals of a {name} fitted to the series ({dof} degrees of freedom), which a jump "
+                       "cannot inflate; the calls are less reliable than with given errors (docs/emergence.md)")
+    return np.maximum(se, floor)
+
+
+def _binomial_errors(u: np.ndarray, y: np.ndarray, items: float) -> np.ndarray:
+    """Binomial standard errors at the accuracy a sigmoid of any width fitted to the series
+    predicts (not at each observed value: a point that is low by chance would get a small
+    error and weigh too much), p smoothed as (k + ½)/(n + 1)."""
+    def se(p):
+        p = (np.clip(p, 0, 1) * items + 0.5) / (items + 1)
+        return np.sqrt(p * (1 - p) / items)
+
+    smooth = em.predict(em.fit("sigmoid", u, y, 1 / se(y) ** 2), u)
+    return se(smooth)
+
+
+def _residual_scale(u: np.ndarray, y: np.ndarray) -> tuple[float, int, str]:
+    """(σ, degrees of freedom, curve): the residual scale of a sigmoid of any width fitted to
+    the series, which a jump cannot inflate (a sharp sigmoid is a step), and which no choice
+    among curves biases low; a straight line where 4 points leave a sigmoid no freedom."""
+    model = "sigmoid" if len(y) > em.PARAMETERS["sigmoid"] else "linear"
+    f = em.fit(model, u, y, np.ones_like(y))
+    dof = len(y) - f.parameters
+    return math.sqrt(f.chi2 / dof), dof, model
+
+
+# --- the verdict on one series ----------------------------------------------------------------------
+
+def analyse_series(x: np.ndarray, y: np.ndarray, spec: MetricSpec, *, group: str = "", axis: str = "x",
+                   se: np.ndarray | None = None, loss_axis: bool = False, level: float = LEVEL, tests: int = 1,
+                   subset: str = "all rows", bootstrap: int = 200, seed: int = 0) -> Emergence:
+    """The verdict for one metric against one scale axis (see the module docstring); the
+    step test runs at ``level / tests``."""
+    caveats: list[str] = []
+    agg = _points(x, y, se, axis, loss_axis, caveats)
+    xs, ys = agg["x"].to_numpy(float), agg["y"].to_numpy(float)
     n = len(xs)
-    result = Emergence(group=group, metric=spec.column, axis=axis, n_points=n, verdict="not_enough_data",
-                       caveats=caveats)
-    result.scores.update(big_bench_scores(ys))
+    result = Emergence(group=group, metric=spec.column, axis=axis, n_points=n, verdict=Verdict.NOT_ENOUGH_DATA,
+                       subset=subset, caveats=caveats)
     if n < MIN_POINTS:
+        result.scores.update(big_bench_scores(ys))
         caveats.append(f"{n} distinct scale(s): at least {MIN_POINTS} are needed for a verdict")
         return result
-    se_col = np.sqrt(agg["se2"].to_numpy()) if se is not None and np.isfinite(agg["se2"]).all() else None
-    dof = int((agg["k"] - 1).sum())
-    ties = (agg["k"].to_numpy(float), math.sqrt(float(agg["ss"].sum()) / dof)) if dof >= 2 else None
-    ses = _standard_errors(ys, spec, se_col, caveats, ties)
-    u = xs if loss_axis else np.log10(xs)
-    u_fit = -u if loss_axis else u  # models are fitted with scale increasing to the right
-    chance = spec.chance
-
+    u = -xs if loss_axis else np.log10(xs)  # increasing scale to the right
+    ses = _errors(u, agg, spec, se is not None, caveats)
+    alpha = level / max(tests, 1)
+    result.scores.update(big_bench_scores(ys, ses), level=alpha)
     if np.ptp(ys) == 0:
-        result.verdict = "flat"
+        result.verdict = Verdict.FLAT
         return result
+    w = 1 / ses**2
+    fits = {m: em.fit(m, u, ys, w) for m in ("constant", "linear", "power", "wide_sigmoid", "sigmoid")}
+    aicc = {m: em.aicc(fits[m].chi2, em.PARAMETERS[m], n) for m in ("linear", "power", "sigmoid")}
+    aicc = {m: round(v, 3) for m, v in aicc.items() if v is not None}
+    result.scores.update(aicc=aicc, best_model=min(aicc, key=aicc.get) if aicc else None)
 
-    cmp = compare_models(u_fit, ys, ses)
-    result.scores.update(aicc=cmp["aicc"], best_model=cmp["best_model"])
-
-    # non-monotone: a significant rise that falls back to near its earlier level
-    peak = int(np.argmax(ys))
-    start_level = float(np.min(ys[: peak + 1])) if peak > 0 else float(ys[0])
-    rise = ys[peak] - start_level
-    after = ys[peak + 1:]
-    if len(after) and rise > Z * math.hypot(ses[peak], ses[int(np.argmin(ys[: peak + 1]))]):
-        low_after = int(np.argmin(after)) + peak + 1
-        decline = ys[peak] - ys[low_after]
-        significant_decline = decline > Z * math.hypot(ses[peak], ses[low_after])
-        if significant_decline and ys[low_after] - start_level < 0.5 * rise:
-            result.verdict = "non_monotone"
-            caveats.append(f"rises to {ys[peak]:.4g} at {xs[peak]:.4g}, then falls back to {ys[low_after]:.4g}")
-            return result
-
-    step = _find_jump(xs, ys, ses, chance)
-    sharp_by_fit = _transition_wins(cmp, u_fit)
-    if step is not None and (step["fraction"] >= SHARP_FRACTION or sharp_by_fit):
-        k = step["index"]
-        result.verdict = "emergent"
-        low, high = sorted((float(xs[k - 1]), float(xs[k])))
-        result.threshold = {"x": math.sqrt(low * high) if not loss_axis else (low + high) / 2,
-                            "low": low, "high": high}
-        floor, ceiling = step["plateau"], float(np.max(ys[k:]))
-        result.midpoint = _crossing(xs, ys, (floor + ceiling) / 2, loss_axis)
-        if step["partial_decline"]:
-            caveats.append("the metric declines after the jump but stays well above the plateau")
-        if sharp_by_fit and cmp["sigmoid"] is not None:
-            _sigmoid_location(result, u_fit, ys, ses, cmp["sigmoid"], loss_axis, bootstrap, seed)
-        result.scores["jump_fraction"] = round(float(step["fraction"]), 4)
-        result.scores["jump_z"] = round(float(step["z"]), 2)
+    if _non_monotone(xs, ys, ses, caveats):
+        result.verdict = Verdict.NON_MONOTONE
         return result
-
-    trend = _trend_significant(u_fit, ys, ses, cmp["chi2"])
-    result.verdict = "smooth" if trend else "flat"
-    if result.verdict == "smooth" and sharp_by_fit and cmp["sigmoid"] is not None:
-        caveats.append("a sigmoid fits better than a smooth trend, but the curve has no plateau near "
-                       "chance over two scales followed by a significant jump")
+    step = _find_step(u, ys, ses, fits, spec.chance, alpha)
+    if step is not None:
+        _describe_step(result, step, xs, ys, u, ses, fits, loss_axis, bootstrap, seed)
+        if spec.chance is None:
+            caveats.append(f"no chance level given (--chance): the plateau's own level, {step['plateau']:.4g}, "
+                           "was taken as chance")
+        return result
+    const = fits["constant"].chi2
+    trend = any(const - fits[m].chi2 > _chi2_crit(em.PARAMETERS[m] - 1, TREND_P)
+                for m in ("linear", "power", "sigmoid"))
+    result.verdict = Verdict.SMOOTH if trend else Verdict.FLAT
     return result
 
 
-def _find_jump(xs, ys, ses, chance) -> dict | None:
-    """The first step k (plateau = points 0…k−1, at least 2) that satisfies every criterion."""
+def _non_monotone(xs, ys, ses, caveats: list[str]) -> bool:
+    """A significant rise that falls back to below half of it."""
+    peak = int(np.argmax(ys))
+    if peak == len(ys) - 1:
+        return False
+    low_before = int(np.argmin(ys[: peak + 1]))
+    rise = ys[peak] - ys[low_before]
+    if rise <= Z * math.hypot(ses[peak], ses[low_before]):
+        return False
+    low_after = int(np.argmin(ys[peak + 1:])) + peak + 1
+    decline = ys[peak] - ys[low_after]
+    if decline > Z * math.hypot(ses[peak], ses[low_after]) and ys[low_after] - ys[low_before] < 0.5 * rise:
+        caveats.append(f"rises to {ys[peak]:.4g} at {xs[peak]:.4g}, then falls back to {ys[low_after]:.4g}")
+        return True
+    return False
+
+
+def _plateau(before: np.ndarray, se: np.ndarray, rest: np.ndarray, chance: float | None) -> tuple[float, float] | None:
+    """(level, its standard error) of a plateau of the points ``before`` a step, or None when
+    they are not one: a constant is rejected (χ² test at ``PLATEAU_P``), or, with a chance
+    level, their level is not near chance (within max(Z standard errors, NEAR_FRACTION of
+    the rise after it))."""
+    w = 1 / se**2
+    mean = float(np.sum(w * before) / np.sum(w))
+    se_mean = float(1 / math.sqrt(np.sum(w)))
+    if np.sum(w * (before - mean) ** 2) > _chi2_crit(len(before) - 1, PLATEAU_P):
+        return None
+    if chance is not None:
+        height = float(np.max(rest)) - chance
+        if height <= 0 or abs(mean - chance) > max(Z * se_mean, NEAR_FRACTION * height):
+            return None
+    return mean, se_mean
+
+
+def _find_step(u, ys, se: np.ndarray, fits: dict, chance: float | None, alpha: float) -> dict | None:
+    """The step the module docstring's ``emergent`` (or ``late_jump``) describes, or None:
+    among the places that pass every test, the one no smooth trend explains the most.
+
+    The step test's level is divided among the places that have a plateau before them and
+    two points of evidence after (Bonferroni over the candidates; the calibration suite
+    measures the resulting rates)."""
     n = len(ys)
-    rise_total = float(np.max(ys) - np.min(ys[:2]))
-    for k in range(2, n):
-        plateau = ys[:k]
-        level = float(chance) if chance is not None else float(np.mean(plateau))
-        after = ys[k:]
-        height = float(np.max(after)) - level
-        if height <= 0:
+    z_crit = max(Z, float(stats.norm.isf(alpha)))
+    candidates = []
+    for k in range(2, n):  # at least two plateau points before; n - 1: the last point alone
+        plateau = _plateau(ys[:k], se[:k], ys[k:], chance)
+        if plateau is None:
             continue
-        tol = np.maximum(Z * ses[:k], NEAR_FRACTION * height)
-        if np.any(np.abs(plateau - level) > tol):
-            break  # the series has left its plateau before this step: no later step qualifies
-        jump = ys[k] - ys[k - 1]
-        z = jump / math.hypot(ses[k], ses[k - 1])
-        if z < Z:
+        level, se_level = plateau
+        evidence = slice(k, min(k + 2, n))
+        z = (ys[evidence] - level) / np.hypot(se[evidence], se_level)
+        if np.all(z > z_crit):
+            candidates.append((k, level, float(np.min(z))))
+    inner = [c for c in candidates if c[0] < n - 1]
+    if not inner:  # the last point alone: no test tells a step from a steep smooth trend
+        return None if not candidates else {"index": n - 1, "lone": True, "chi2": None, "critical": None,
+                                            "against": None, "z": candidates[-1][2], "plateau": candidates[-1][1]}
+    candidates = inner
+    # one-sided (only a step up counts): a drop in χ² that chance exceeds with probability 2·alpha
+    # does so upwards with probability alpha
+    crit = _chi2_crit(1, 2 * alpha / (len(candidates) + 1))
+    sigmoid = fits["sigmoid"]
+    if em.sigmoid_shape(sigmoid)[1] < em.SMOOTH_WIDTH * float(np.ptp(u)):  # a sharp sigmoid, rising
+        drops = {m: fits[m].chi2 - sigmoid.chi2 for m in em.SMOOTH}
+        against = min(drops, key=drops.get)
+        if sigmoid.coef[1] > 0 and drops[against] > crit:
+            k, level, z = candidates[0]
+            return {"index": k, "lone": False, "chi2": drops[against], "critical": crit, "against": against,
+                    "z": z, "plateau": level, "shape": "sigmoid"}
+    w = 1 / se**2
+    found = None
+    for k, level, z in candidates:
+        drops = {}
+        for model in em.SMOOTH:
+            stepped = em.fit(model, u, ys, w, step=k)
+            drops[model] = fits[model].chi2 - stepped.chi2 if stepped.jump > 0 else 0.0
+        against = min(drops, key=drops.get)
+        if drops[against] <= crit:
             continue
-        if chance is not None and np.mean(after) - chance <= Z * float(np.sqrt(np.mean(ses[k:] ** 2)) / math.sqrt(len(after))):
-            continue
-        if ys[k] - level <= Z * ses[k]:
-            continue
-        peak_after = float(np.max(after))
-        partial = bool(after[-1] < peak_after - Z * ses[k:].max() and after[-1] - level >= 0.5 * (peak_after - level))
-        return {"index": k, "plateau": float(np.mean(plateau)), "fraction": jump / rise_total if rise_total > 0 else 0.0,
-                "z": z, "partial_decline": partial}
-    return None
+        if found is None or drops[against] > found["chi2"]:
+            found = {"index": k, "lone": False, "chi2": drops[against], "critical": crit, "against": against,
+                     "z": z, "plateau": level, "shape": "step"}
+    return found
 
 
-def _trend_significant(u, ys, ses, model_chi2: dict[str, float]) -> bool:
-    """A change with scale: a weighted linear trend in u with |slope| > Z standard errors, or
-    a power law or sigmoid that improves on a constant by more than chance would at the
-    Z-sigma level (likelihood-ratio test, Δχ² against χ² with the extra parameters). A lone
-    outlier fails both: no smooth curve through the other points passes through it."""
-    from scipy.stats import chi2
-
-    w = 1 / ses**2
-    mean = np.sum(w * ys) / np.sum(w)
-    ubar = np.sum(w * u) / np.sum(w)
-    sxx = np.sum(w * (u - ubar) ** 2)
-    if sxx > 0:
-        slope = np.sum(w * (u - ubar) * (ys - mean)) / sxx
-        if abs(slope) * math.sqrt(sxx) > Z:
-            return True
-    constant = float(np.sum(w * (ys - mean) ** 2))
-    alpha = math.erfc(Z / math.sqrt(2))  # two-sided Z-sigma: 0.0027 at Z = 3
-    return any(constant - model_chi2[m] > chi2.isf(alpha, _MODELS[m] - 1)
-               for m in ("power", "sigmoid") if m in model_chi2)
+def _describe_step(result: Emergence, step: dict, xs, ys, u, se: np.ndarray, fits: dict, loss_axis: bool,
+                   bootstrap: int, seed: int) -> None:
+    """Verdict, threshold, midpoint and scores of a step that ``_find_step`` found."""
+    k = step["index"]
+    result.verdict = Verdict.LATE_JUMP if step["lone"] else Verdict.EMERGENT
+    low, high = sorted((float(xs[k - 1]), float(xs[k])))
+    result.threshold = {"x": (low + high) / 2 if loss_axis else math.sqrt(low * high), "low": low, "high": high}
+    result.scores["jump_z"] = round(step["z"], 2)
+    if step["lone"]:
+        result.caveats.append(f"only the last scale ({xs[-1]:.4g}) is above the plateau of the others: one point "
+                              "of evidence, which a steep smooth trend explains as well as a step; a step needs two "
+                              "points after it to be called emergent")
+    else:
+        result.scores.update(transition=step["shape"], step_chi2=round(step["chi2"], 3),
+                             step_critical=round(step["critical"], 3), step_against=step["against"])
+    peak_after = float(np.max(ys[k:]))
+    if ys[-1] < peak_after - Z * float(se[k:].max()) and ys[-1] - step["plateau"] >= 0.5 * (peak_after - step["plateau"]):
+        result.caveats.append("the metric declines after the jump but stays well above the plateau")
+    result.midpoint = _crossing(xs, ys, (step["plateau"] + peak_after) / 2, loss_axis)
+    sig = fits["sigmoid"]
+    smooth = min(em.aicc(fits[m].chi2, em.PARAMETERS[m], len(u)) or math.inf for m in ("linear", "power"))
+    sharp = em.sigmoid_shape(sig)[1] < em.SMOOTH_WIDTH * float(np.ptp(u))
+    sig_aicc = em.aicc(sig.chi2, 4, len(u))
+    if sharp and sig_aicc is not None and sig_aicc < smooth - AICC_MARGIN:
+        _sigmoid_location(result, u, ys, se, sig, loss_axis, bootstrap, seed)
 
 
 def _crossing(xs, ys, level: float, loss_axis: bool) -> float | None:
@@ -384,40 +387,78 @@ def _crossing(xs, ys, level: float, loss_axis: bool) -> float | None:
     return None
 
 
-def _sigmoid_location(result: Emergence, u, ys, ses, params, loss_axis: bool, bootstrap: int, seed: int) -> None:
-    """Midpoint, width and onset from the fitted sigmoid, with parametric bootstrap intervals."""
+def _logistic(u, floor, height, mid, scale):
+    return floor + height / (1 + np.exp(-np.clip((u - mid) / scale, -50, 50)))
+
+
+def _polish(u, ys, se, start) -> np.ndarray | None:
+    """The 4-parameter sigmoid refined from ``start`` (floor, height, mid, scale), or None."""
+    span = float(np.ptp(u))
+    lo = [-np.inf, -np.inf, u.min() - span, 1e-4 * span]
+    hi = [np.inf, np.inf, u.max() + span, 3 * span]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params, _ = curve_fit(_logistic, u, ys, p0=np.clip(start, np.add(lo, 1e-9), np.subtract(hi, 1e-9)),
+                                  sigma=se, absolute_sigma=True, bounds=(lo, hi), maxfev=4000)
+    except (RuntimeError, ValueError):
+        return None
+    return params
+
+
+def _sigmoid_location(result: Emergence, u, ys, se, sig: em.Fitted, loss_axis: bool, bootstrap: int,
+                      seed: int) -> None:
+    """Midpoint, width and onset of the sharp sigmoid, with parametric-bootstrap intervals."""
     def to_x(v: float) -> float:
         return float(-v) if loss_axis else float(10**v)
 
-    floor, height, mid, scale = params
-    onset = mid - math.log(9) * scale  # 10% of the rise
-    result.width_decades = None if loss_axis else round(2 * math.log(9) * scale, 4)
+    start = np.array([sig.coef[0], sig.coef[1], *sig.theta])
+    params = _polish(u, ys, se, start)
+    params = start if params is None else params
+    _, _, mid, scale = params
+    result.width_decades = None if loss_axis else round(em.LN81 * scale, 4)
     result.midpoint = to_x(mid)
+    result.scores["onset_fit"] = to_x(mid - math.log(9) * scale)  # 10% of the rise
     rng = np.random.default_rng(seed)
     mids, onsets = [], []
     for _ in range(bootstrap):
-        fitted = _fit("sigmoid", u, ys + rng.normal(0, ses), ses, start=params)
-        if fitted is not None:
-            _, _, m, s = fitted[0]
-            mids.append(m)
-            onsets.append(m - math.log(9) * s)
+        refit = _polish(u, ys + rng.normal(0, se), se, params)
+        if refit is not None:
+            mids.append(refit[2])
+            onsets.append(refit[2] - math.log(9) * refit[3])
     if len(mids) >= max(10, bootstrap // 2):
-        lo_m, hi_m = np.percentile(mids, [2.5, 97.5])
-        lo_o, hi_o = np.percentile(onsets, [2.5, 97.5])
-        result.scores["midpoint_low"], result.scores["midpoint_high"] = sorted((to_x(lo_m), to_x(hi_m)))
-        result.scores["onset_fit"] = to_x(onset)
-        result.scores["onset_fit_low"], result.scores["onset_fit_high"] = sorted((to_x(lo_o), to_x(hi_o)))
-    else:
+        result.scores["midpoint_low"], result.scores["midpoint_high"] = sorted(map(to_x, np.percentile(mids, [2.5, 97.5])))
+        result.scores["onset_fit_low"], result.scores["onset_fit_high"] = sorted(map(to_x, np.percentile(onsets, [2.5, 97.5])))
+    elif bootstrap:
         result.caveats.append("the sigmoid's bootstrap refits failed too often for an interval on its midpoint")
 
 
 # --- tables ---------------------------------------------------------------------------------------
 
+def series_count(table: pd.DataFrame, x_col: str, metrics: list[MetricSpec], *, group_col: str | None = None,
+                 loss_axis: bool = False) -> int:
+    """How many (group, metric) series of ``table`` have enough distinct scales to be tested."""
+    groups = table.groupby(group_col, sort=True) if group_col else [("all", table)]
+    count = 0
+    for _, rows in groups:
+        x = pd.to_numeric(rows[x_col], errors="coerce")
+        for spec in metrics:
+            ok = np.isfinite(x) & np.isfinite(pd.to_numeric(rows[spec.column], errors="coerce"))
+            ok &= True if loss_axis else x > 0
+            count += int(x[ok].nunique() >= MIN_POINTS)
+    return count
+
+
 def detect(table: pd.DataFrame, x_col: str, metrics: list[MetricSpec], *, group_col: str | None = None,
-           loss_axis: bool = False, bootstrap: int = 200, seed: int = 0) -> tuple[list[Emergence], list[str]]:
-    """(one result per group and metric, warnings). Bad tables raise UserError."""
+           loss_axis: bool = False, level: float = LEVEL, tests: int | None = None, subset: str = "all rows",
+           bootstrap: int = 200, seed: int = 0) -> tuple[list[Emergence], list[str]]:
+    """(one result per group and metric, warnings). Each series' step test runs at
+    ``level / tests``; ``tests`` defaults to the number of series tested here. Bad tables
+    raise UserError."""
     needed = [x_col] + [m.column for m in metrics] + [m.stderr_column for m in metrics if m.stderr_column]
     needed += [group_col] if group_col else []
+    if not 0 < level < 1:
+        raise UserError(f"--level {level}: expected a probability between 0 and 1 (default {LEVEL})")
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise UserError(f"column(s) {missing} not in the table (columns: {list(table.columns)})")
@@ -426,40 +467,108 @@ def detect(table: pd.DataFrame, x_col: str, metrics: list[MetricSpec], *, group_
         bad = values.isna() & table[col].notna()
         if bad.any():
             raise UserError(f"column {col!r} holds non-numeric values (e.g. {table[col][bad].iloc[0]!r}); "
-                                "expected numbers")
+                            "expected numbers")
+    if tests is None:
+        tests = series_count(table, x_col, metrics, group_col=group_col, loss_axis=loss_axis)
     groups = table.groupby(group_col, sort=True) if group_col else [("all", table)]
     results: list[Emergence] = []
     warn: list[str] = []
     for name, rows in groups:
+        x = pd.to_numeric(rows[x_col]).to_numpy(float)
         mine = []
         for spec in metrics:
             se = pd.to_numeric(rows[spec.stderr_column]).to_numpy(float) if spec.stderr_column else None
-            r = analyse_series(pd.to_numeric(rows[x_col]).to_numpy(float), pd.to_numeric(rows[spec.column]).to_numpy(float),
-                               spec, group=str(name), axis=x_col, se=se, loss_axis=loss_axis,
+            r = analyse_series(x, pd.to_numeric(rows[spec.column]).to_numpy(float), spec, group=str(name), axis=x_col,
+                               se=se, loss_axis=loss_axis, level=level, tests=tests, subset=subset,
                                bootstrap=bootstrap, seed=seed)
             mine.append((spec, r))
             warn += [f"{name}/{spec.column}: {c}" for c in r.caveats if "dropped" in c]
-        _cross_metric_caveats(mine)
+        values = {spec.column: _by_scale(x, pd.to_numeric(rows[spec.column]).to_numpy(float)) for spec in metrics}
+        _task_caveats(mine, values)
         results += [r for _, r in mine]
     return results, warn
 
 
-def _task(column: str) -> str:
-    return capability_task(column)
+def _by_scale(x: np.ndarray, y: np.ndarray) -> pd.Series:
+    """A metric's mean at each scale (the points the detector tested)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    return pd.Series(y[ok]).groupby(x[ok]).mean()
 
 
-def _cross_metric_caveats(pairs: list[tuple[MetricSpec, Emergence]]) -> None:
-    emergent = [(s, r) for s, r in pairs if r.verdict == "emergent"]
-    for spec, r in emergent:
-        if spec.discontinuous:
-            smooth = [s.column for s, o in pairs if not s.discontinuous and o.verdict == "smooth"
-                      and _task(s.column) == _task(spec.column)]
-            if smooth:
-                r.caveats.append(f"metric-induced? the discontinuous {spec.column} jumps while the continuous "
-                                 f"{', '.join(smooth)} of the same task improve(s) smoothly (Schaeffer et al. 2023)")
+MIRAGE_EXPLAINED = 0.75  # the per-token metric reproduces at least this share of the jump: metric-induced
+MIRAGE_UNEXPLAINED = 0.25  # at most this share: not metric-induced
+
+
+def mirage(exact: pd.Series, per_token: pd.Series, answer_tokens: float, low: float, high: float) -> float | None:
+    """The share of exact match's jump from scale ``low`` to ``high`` that the per-token
+    metric compounded over the answer reproduces: (p(high) − p(low)) / (em(high) − em(low))
+    with p = per_token^answer_tokens (Schaeffer et al. 2023). ``per_token`` is a token
+    accuracy, or exp(log-prob per token)."""
+    if low not in exact.index or high not in exact.index or low not in per_token.index or high not in per_token.index:
+        return None
+    jump = float(exact[high] - exact[low])  # on a loss axis, high is the smaller scale: the ratio's sign cancels
+    if jump == 0:
+        return None
+    predicted = float(per_token[high] ** answer_tokens - per_token[low] ** answer_tokens)
+    return round(predicted / jump, 4)
+
+
+def _task_caveats(pairs: list[tuple[MetricSpec, Emergence]], values: dict[str, pd.Series]) -> None:
+    """The caveats that compare metrics, task by task (a task is ``TASK`` of ``TASK/NAME``;
+    columns without a task are all one unnamed task): the mirage check, and generic learning."""
+    jumped = (Verdict.EMERGENT, Verdict.LATE_JUMP)
+    tasks: dict[str, list[tuple[MetricSpec, Emergence]]] = {}
+    for spec, r in pairs:
+        tasks.setdefault(capability_task(spec.column), []).append((spec, r))
+    for task_pairs in tasks.values():
+        continuous = [(s, r) for s, r in task_pairs if not s.discontinuous]
+        for spec, r in task_pairs:
+            if spec.discontinuous and r.verdict in jumped:
+                _metric_caveat(spec, r, continuous, values)
+    jumping = [t for t, ps in tasks.items() if any(r.verdict in jumped for _, r in ps)]
+    if len(tasks) >= 2 and len(jumping) == len(tasks):
+        for _, r in pairs:
+            if r.verdict in jumped:
+                r.caveats.append(f"every task given ({', '.join(sorted(tasks))}) jumps at these runs: generic "
+                                 "learning, not a task-specific capability?")
+
+
+def _metric_caveat(spec: MetricSpec, r: Emergence, continuous: list[tuple[MetricSpec, Emergence]],
+                   values: dict[str, pd.Series]) -> None:
+    """Is a discontinuous metric's jump induced by the metric? Quantitative when the answer
+    length and a per-token metric of the same task are known, else read from the continuous
+    metrics' own verdicts."""
+    by_name = {capability_name(s.column): s.column for s, _ in continuous}
+    ell = spec.answer_tokens
+    if ell and r.threshold and ("token_accuracy" in by_name or "logprob" in by_name):
+        low, high = r.threshold["low"], r.threshold["high"]
+        exact = values[spec.column]
+        shares = {}
+        if "token_accuracy" in by_name:
+            shares["token_accuracy"] = mirage(exact, values[by_name["token_accuracy"]], ell, low, high)
+        if "logprob" in by_name:
+            shares["logprob"] = mirage(exact, np.exp(values[by_name["logprob"]]), ell, low, high)
+        r.scores.update({f"mirage_{k}": v for k, v in shares.items()})
+        name, share = next(((k, v) for k, v in shares.items() if v is not None), (None, None))
+        if share is not None:
+            what = (f"{'token_accuracy' if name == 'token_accuracy' else 'exp(logprob)'}^{ell:g} (the per-token "
+                    f"metric compounded over the answer) reproduces {share:.0%} of the jump across [{low:.4g}, {high:.4g}]")
+            if share >= MIRAGE_EXPLAINED:
+                r.caveats.append(f"metric-induced (Schaeffer et al. 2023): {what}")
+            elif share > MIRAGE_UNEXPLAINED:
+                r.caveats.append(f"partly metric-induced (Schaeffer et al. 2023): {what}; the rest is not the "
+                                 "per-token improvement compounding")
             else:
-                r.caveats.append(f"the call rests on a discontinuous (exact-match) metric, {spec.column}")
-    if len(pairs) >= 2 and len(emergent) == len(pairs):
-        for _, r in emergent:
-            r.caveats.append("every metric given jumps at these runs: generic learning, not a task-specific capability?")
-
+                r.caveats.append(f"not metric-induced (Schaeffer et al. 2023): {what}")
+            return
+    also = [s.column for s, o in continuous if o.verdict in (Verdict.EMERGENT, Verdict.LATE_JUMP)]
+    smooth = [s.column for s, o in continuous if o.verdict == Verdict.SMOOTH]
+    if also:
+        r.caveats.append(f"the continuous {', '.join(also)} of the same task jump(s) too: evidence against a "
+                         "metric artefact")
+    elif smooth:
+        r.caveats.append(f"metric-induced? the discontinuous {spec.column} jumps while the continuous "
+                         f"{', '.join(smooth)} of the same task improve(s) smoothly (Schaeffer et al. 2023)")
+    else:
+        r.caveats.append(f"the call rests on a discontinuous (exact-match) metric, {spec.column}, with no "
+                         "continuous metric of the same task to check it against")

@@ -92,6 +92,18 @@ class Role(Closed):
         return self in (Role.POINT, Role.BRANCH)
 
 
+class Verdict(Closed):
+    """The emergence detector's call on one metric against one scale axis (``verdict``)."""
+
+    EMERGENT = "emergent", ("a plateau near chance over at least two scales, then a step up that no smooth "
+                            "trend explains, held by at least two points after it")
+    LATE_JUMP = "late_jump", "as emergent, but only the last scale is above the plateau: one point of evidence"
+    SMOOTH = "smooth", "a significant trend that is not emergent"
+    FLAT = "flat", "no significant change over the range"
+    NON_MONOTONE = "non_monotone", "a significant rise that falls back to below half of it"
+    NOT_ENOUGH_DATA = "not_enough_data", "fewer than 4 distinct scales"
+
+
 class DataUnit(Closed):
     """What D counts (``data_unit``)."""
 
@@ -322,6 +334,8 @@ THROUGHPUT = Metric("data_units_per_s", "data units/s", "training throughput so 
 LOOP_METRICS = (TRAIN_LOSS, LR, THROUGHPUT)
 TRAIN_PREFIX = "train_"  # train_<name>: a family's other training losses (a GAN's train_d_loss)
 STDERR_SUFFIX = "_stderr"  # TASK/NAME_stderr: the standard error of TASK/NAME over the items
+CHANCE_SUFFIX = "_chance"  # TASK/NAME_chance: what a uniform guess over the task's answer alphabet scores
+ANSWER_TOKENS = "answer_tokens"  # TASK/answer_tokens: mean tokens per answer (the mirage check's exponent)
 
 
 def capability_metric(task: str, name: str) -> str:
@@ -338,6 +352,14 @@ def is_stderr(metric: str) -> bool:
     return str(metric).endswith(STDERR_SUFFIX)
 
 
+def is_probe_metric(metric: str) -> bool:
+    """A capability metric itself: ``TASK/NAME``, not its standard error, chance level or the
+    task's answer length."""
+    m = str(metric)
+    return (is_capability(m) and not m.endswith((STDERR_SUFFIX, CHANCE_SUFFIX))
+            and capability_name(m) != ANSWER_TOKENS)
+
+
 def capability_task(metric: str) -> str:
     """``TASK`` of ``TASK/NAME`` (empty for other metrics)."""
     return str(metric).split("/", 1)[0] if is_capability(metric) else ""
@@ -352,6 +374,15 @@ def stderr_of(metric: str) -> str:
     return metric + STDERR_SUFFIX
 
 
+def chance_of(metric: str) -> str:
+    return metric + CHANCE_SUFFIX
+
+
+def answer_tokens_of(metric: str) -> str:
+    """``TASK/answer_tokens`` of ``TASK/NAME``."""
+    return capability_metric(capability_task(metric), ANSWER_TOKENS)
+
+
 def markdown() -> str:
     """The generated part of docs/results.md."""
     loop = "\n".join(f"| `{m}` | {m.unit or '–'} | {m.meaning} |" for m in (LOSS, *LOOP_METRICS))
@@ -361,7 +392,9 @@ def markdown() -> str:
         "Metrics of every trial (a family's own are listed in docs/families.md):\n\n"
         "| metric | unit | meaning |\n| --- | --- | --- |\n" + loop + "\n"
         f"| `{TRAIN_PREFIX}<name>` | `loss_unit` | a family's other training losses since the previous point |\n"
-        f"| `TASK/NAME`, `TASK/NAME{STDERR_SUFFIX}` | – | capability probes and their standard errors |",
+        f"| `TASK/NAME`, `TASK/NAME{STDERR_SUFFIX}` | – | capability probes and their standard errors |\n"
+        f"| `TASK/NAME{CHANCE_SUFFIX}` | – | the metric's chance level: a uniform guess over the task's answer alphabet |\n"
+        f"| `TASK/{ANSWER_TOKENS}` | tokens | mean answer length of the task's held-out items |",
     ])
 
 

@@ -134,21 +134,24 @@ def _fit(args: argparse.Namespace) -> int:
 def _emergence(args: argparse.Namespace) -> int:
     import json
 
+    from analysis.emergence import LEVEL
     from analysis.emergence_tables import EMERGENCE_FILE, detect_sweep, detect_table, summary, to_document
     from analysis.store import ResultsStore
 
+    args.level = LEVEL if args.level is None else args.level
     if Path(args.source).is_dir():
-        results, warnings = detect_sweep(args.source, bootstrap=args.bootstrap, seed=args.seed)
+        results, warnings, tests = detect_sweep(args.source, level=args.level, bootstrap=args.bootstrap, seed=args.seed)
     else:
         if not args.x_col:
             raise UserError("--x-col is required for a table: the scale column (e.g. flops)")
-        results, warnings = detect_table(
+        results, warnings, tests = detect_table(
             args.source, x_col=args.x_col, y_cols=args.y_col or [], stderr_cols=args.stderr_col,
-            n_items=args.n_items, chance=args.chance, kinds=args.metric_kind, group_col=args.group_col,
-            loss_axis=args.loss_axis, bootstrap=args.bootstrap, seed=args.seed)
+            n_items=args.n_items, chance=args.chance, kinds=args.metric_kind, answer_tokens=args.answer_tokens,
+            group_col=args.group_col, loss_axis=args.loss_axis, level=args.level, bootstrap=args.bootstrap,
+            seed=args.seed)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    document = to_document(results)
+    document = to_document(results, level=args.level, tests=tests)
     if Path(args.source).is_dir():  # the report draws the flags from here
         ResultsStore(args.source).write_json(EMERGENCE_FILE, document)
     print(json.dumps(document) if args.format == "json" else summary(results))
@@ -264,7 +267,13 @@ def _emergence_parser(sub) -> None:
     em.add_argument("--chance", action="append", type=float, help="chance level: once, or once per --y-col")
     em.add_argument("--metric-kind", action="append", choices=["discontinuous", "continuous"],
                     help="once, or once per --y-col (default: from the name; exact_match/em/acc/accuracy are discontinuous)")
+    em.add_argument("--answer-tokens", action="append", type=float,
+                    help="tokens per answer of an exact-match metric, for the mirage check against the same task's "
+                         "TASK/token_accuracy or TASK/logprob: once, or once per --y-col")
     em.add_argument("--group-col", help="table: analyse each value of this column apart (e.g. family)")
+    em.add_argument("--level", type=float,
+                    help="false-alarm level of the step test per series, before dividing it among the series tested "
+                         "at once (default: analysis.emergence.LEVEL; docs/emergence.md has the rates at other levels)")
     em.add_argument("--loss-axis", action="store_true", help="the x column is a loss: lower is more scale, linear axis")
     em.add_argument("--bootstrap", type=int, default=200, help="refits for the transition's intervals")
     em.add_argument("--seed", type=int, default=0)

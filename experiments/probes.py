@@ -26,12 +26,18 @@ Metrics per task, all teacher-forced on the held-out items in one forward pass:
   prefix, partial credit (continuous).
 They land in evals.parquet as ``TASK/METRIC`` rows, which the emergence detector and the
 report's emergence panel read, each with its standard error over the items as a
-``TASK/METRIC_stderr`` row (binomial, smoothed, for exact match).
+``TASK/METRIC_stderr`` row (binomial, smoothed, for exact match) and its chance level as a
+``TASK/METRIC_chance`` row: what a uniform guess over the task's answer alphabet
+(``ANSWER_ALPHABETS``, the closing newline included) scores, i.e. 1/|alphabet| for token
+accuracy, −ln |alphabet| for the log-prob, and the mean of |alphabet|^−ℓ over the items for
+exact match (ℓ: an item's answer tokens). ``TASK/answer_tokens`` is the mean ℓ, the exponent of
+the detector's mirage check (token_accuracy^ℓ against exact match).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import string
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,11 +47,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis.records import capability_metric, stderr_of
+from analysis.records import ANSWER_TOKENS, capability_metric, chance_of, stderr_of
 from experiments.spec import ProbeSpec, ProbeTask
 
 TASKS = get_args(ProbeTask)
 SYMBOLS = string.ascii_lowercase + string.ascii_uppercase + string.digits  # walk's alphabet
+# the symbols an answer is made of, its closing newline included: what chance guesses among
+ANSWER_ALPHABETS = {"addition": string.digits + "\n", "modular": string.digits + "\n",
+                    "recall": string.digits + "\n", "walk": SYMBOLS + "\n"}
 
 
 def make_item(task: str, rng: np.random.Generator, spec: ProbeSpec) -> tuple[str, str]:
@@ -195,4 +204,16 @@ def evaluate_probes(logits_of, spec: ProbeSpec, context: int, device, batch_size
                 stderr = float(per_item.std(unbiased=True)) / n**0.5 if n > 1 else float("nan")
             metrics[capability_metric(task, name)] = mean
             metrics[stderr_of(capability_metric(task, name))] = stderr
+        metrics.update(chance_levels(task, enc.answer_mask.sum(dim=1).double()))
     return metrics
+
+
+def chance_levels(task: str, answer_tokens: torch.Tensor) -> dict[str, float]:
+    """``TASK/NAME_chance`` of each metric and ``TASK/answer_tokens``, for items whose answers
+    have ``answer_tokens`` tokens each (module docstring)."""
+    size = len(ANSWER_ALPHABETS[task])
+    exact = float(torch.mean(torch.pow(torch.tensor(float(size)), -answer_tokens)))
+    return {chance_of(capability_metric(task, "exact_match")): exact,
+            chance_of(capability_metric(task, "logprob")): -math.log(size),
+            chance_of(capability_metric(task, "token_accuracy")): 1.0 / size,
+            capability_metric(task, ANSWER_TOKENS): float(answer_tokens.mean())}

@@ -25,11 +25,11 @@ from analysis.emergence_tables import last_capability_values
 from analysis.records import (
     EVALS,
     TRIALS,
+    Verdict,
     capability_metric,
     capability_name,
     capability_task,
-    is_capability,
-    is_stderr,
+    is_probe_metric,
 )
 from analysis.report.figures import data_unit, size_colourbar
 from analysis.report.style import OKABE_ITO, TEMPLATE, axis_label, scale_colours
@@ -45,7 +45,7 @@ def capability_tasks(evals: pd.DataFrame | None) -> dict[str, list[str]]:
     if evals is None or evals.empty:
         return {}
     tasks: dict[str, list[str]] = {}
-    for metric in sorted(m for m in evals[EVALS.metric].unique() if is_capability(m) and not is_stderr(m)):
+    for metric in sorted(m for m in evals[EVALS.metric].unique() if is_probe_metric(m)):
         tasks.setdefault(capability_task(metric), []).append(capability_name(metric))
     return {t: sorted(names, key=lambda n: (n not in DISCONTINUOUS, n)) for t, names in tasks.items()}
 
@@ -95,7 +95,7 @@ def _axis(name) -> str | None:
 def _draw_flag(fig: go.Figure, flag: dict, col: int) -> None:
     threshold = flag.get("threshold")
     verdict = flag.get("verdict", "")
-    if verdict != "emergent" or not threshold or threshold.get("x") is None:
+    if verdict not in (Verdict.EMERGENT, Verdict.LATE_JUMP) or not threshold or threshold.get("x") is None:
         fig.add_annotation(text=f"verdict: {verdict}", xref=f"x{'' if col == 1 else col} domain",
                            yref=f"y{'' if col == 1 else col} domain", x=0.02, y=0.98, showarrow=False)
         return
@@ -108,4 +108,4 @@ def _draw_flag(fig: go.Figure, flag: dict, col: int) -> None:
     # Annotations on a log axis take log10(x), which add_vline's own annotation does not do.
     fig.add_annotation(x=math.log10(threshold["x"]), y=0.97, xref=f"x{suffix}", yref=f"y{suffix} domain",
                        xanchor="left", yanchor="top", showarrow=False, font={"color": OKABE_ITO[3]},
-                       text=f"emergent: onset {threshold['x']:.3g}{interval}")
+                       text=f"{verdict}: onset {threshold['x']:.3g}{interval}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.records import EVALS, TRIALS, Status
+from analysis.records import EVALS, TRIALS, Status, stderr_of
 
 TRUTH = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 400.0, "beta": 0.28}
 HOSTILE = "<script>window.__injected = 1</script><img src=x onerror=\"window.__injected = 2\">"
@@ -57,6 +57,8 @@ def make_results(folder: Path, *, budgets=(1e17, 1e18, 1e19, 1e20), sizes_per_bu
                     acc = 1 / (1 + np.exp(-(x - 18.5) * 6))  # exact match jumps near C = 3e18
                     evals.append((tid, step, dk, 6 * n * dk, "addition/exact_match", float(acc)))
                     evals.append((tid, step, dk, 6 * n * dk, "addition/logprob", float(-3.0 + 0.4 * (x - 16))))
+                    for metric in ("addition/exact_match", "addition/logprob"):  # as the probes record them
+                        evals.append((tid, step, dk, 6 * n * dk, stderr_of(metric), 0.01))
     failed = _row("tfm-n9e4-c1e17-s1", 9e4, 1e17 / (6 * 9e4), 1e17, float("nan"))
     failed.update(status="failed", error=f"RuntimeError: boom {HOSTILE}")
     trials.append(failed)

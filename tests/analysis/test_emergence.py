@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.emergence import MetricSpec, analyse_series, big_bench_scores, detect
+from analysis.emergence import LEVEL, MetricSpec, analyse_series, big_bench_scores, detect
 from analysis.errors import UserError
 
 X = np.logspace(18, 23, 11)  # 11 scales, half a decade apart
@@ -28,7 +28,13 @@ def test_big_bench_scores_follow_their_definitions():
     step = np.array([0, 0, 0, 1, 1, 1], dtype=float)  # one step of 1 among five
     s = big_bench_scores(step)
     assert s["linearity"] == pytest.approx(1 / math.sqrt(1 / 5))
-    assert s["breakthroughness"] is None  # median squared step is 0: unbounded
+    # the median squared step is 0: the denominator is floored (at 1e-3 of the range, or at
+    # the step noise alone makes, sqrt(2)·se), so the score is large and defined
+    assert s["breakthroughness"] == pytest.approx(1000.0)
+    assert big_bench_scores(step, np.full(6, 0.05))["breakthroughness"] == pytest.approx(1 / (math.sqrt(2) * 0.05))
+    # the issue's case: half the steps exactly zero, the most breakthrough-like series there is
+    sharp = big_bench_scores(np.array([0, 0, 0, 0, 0.8, 0.8]))
+    assert sharp["breakthroughness"] > 100 * sharp["linearity"] > 0
     falling = big_bench_scores(np.array([3.0, 2.0, 1.0, 0.0]))
     assert falling["linearity"] == pytest.approx(-3.0)  # argmax before argmin: negative
     assert big_bench_scores(np.ones(5)) == {"linearity": 0.0, "breakthroughness": 0.0}
@@ -95,7 +101,7 @@ def test_without_errors_the_scatter_decides_and_a_caveat_says_so():
     y = 0.25 + 0.7 / (1 + np.exp(-(U - 21.0) / 0.1)) + np.random.default_rng(1).normal(0, 0.005, 11)
     r = _run(y, se=None, chance=0.25)
     assert r.verdict == "emergent"
-    assert any("estimated from the series' own scatter" in c for c in r.caveats)
+    assert any("estimated from the residuals of a sigmoid fitted" in c for c in r.caveats)
 
 
 def test_too_few_points_ties_and_bad_x():
@@ -118,10 +124,63 @@ def test_metric_induced_and_shared_jump_caveats():
     by = {r.metric: r for r in results}
     assert by["add/exact_match"].verdict == "emergent" and by["add/logprob"].verdict == "smooth"
     assert any("metric-induced" in c and "add/logprob" in c for c in by["add/exact_match"].caveats)
+    # two tasks that both jump: generic learning?
     both = pd.DataFrame({"flops": X, "a/acc": exact, "b/acc": exact * 0.8, "se": 0.01})
     results, _ = detect(both, "flops", [MetricSpec("a/acc", stderr_column="se"), MetricSpec("b/acc", stderr_column="se")])
     assert all(r.verdict == "emergent" for r in results)
-    assert all(any("every metric given jumps" in c for c in r.caveats) for r in results)
+    assert all(any("every task given (a, b) jumps" in c for c in r.caveats) for r in results)
+    # one task whose continuous metric jumps too: evidence against an artefact, and not "generic"
+    one = pd.DataFrame({"flops": X, "a/exact_match": exact, "a/logprob": -3 + 2.5 * exact, "se": 0.01})
+    results, _ = detect(one, "flops", [MetricSpec("a/exact_match", stderr_column="se", chance=0.0),
+                                       MetricSpec("a/logprob", stderr_column="se")])
+    by = {r.metric: r for r in results}
+    assert by["a/logprob"].verdict == "emergent"
+    assert any("jump(s) too: evidence against a metric artefact" in c for c in by["a/exact_match"].caveats)
+    assert not any("generic" in c for r in results for c in r.caveats)
+
+
+def test_the_mirage_check_measures_how_much_of_the_jump_the_per_token_metric_explains():
+    """Exact match over 10-token answers against token accuracy (Schaeffer et al. 2023): when
+    exact match is token_accuracy^10 the per-token metric explains the whole jump; when token
+    accuracy barely moves it explains almost none."""
+    token = 0.6 + 0.4 / (1 + np.exp(-(U - 21.0) / 0.3))
+    table = pd.DataFrame({"flops": X, "t/exact_match": token**10, "t/token_accuracy": token, "se": 0.005})
+    specs = [MetricSpec("t/exact_match", stderr_column="se", chance=0.0, answer_tokens=10),
+             MetricSpec("t/token_accuracy", stderr_column="se")]
+    exact = next(r for r in detect(table, "flops", specs)[0] if r.metric == "t/exact_match")
+    assert exact.verdict == "emergent"
+    assert exact.scores["mirage_token_accuracy"] == pytest.approx(1.0)
+    assert any(c.startswith("metric-induced (Schaeffer et al. 2023): token_accuracy^10") for c in exact.caveats)
+    flat_token = 0.95 + 0.001 * (U - 18)  # the per-token metric hardly improves
+    jump = np.where(U >= 21, 0.8, 0.0)
+    table = pd.DataFrame({"flops": X, "t/exact_match": jump, "t/token_accuracy": flat_token, "se": 0.005})
+    exact = next(r for r in detect(table, "flops", specs)[0] if r.metric == "t/exact_match")
+    assert exact.verdict == "emergent" and exact.scores["mirage_token_accuracy"] < 0.1
+    assert any(c.startswith("not metric-induced") for c in exact.caveats)
+
+
+def test_the_issues_examples():
+    x = np.logspace(8, 10.5, 6)
+    # the only large step is to the last point: one point of evidence, not emergent
+    edge = analyse_series(x, np.array([.02, .01, .02, .03, .02, .15]), MetricSpec("acc", n_items=256))
+    assert edge.verdict == "late_jump" and edge.threshold["high"] == x[-1]
+    assert any("one point of evidence" in c for c in edge.caveats)
+    # a clear jump with no standard errors: the jump does not inflate the estimated errors
+    assert analyse_series(x, np.array([0, 0, 0, .5, .9, 1]), MetricSpec("acc")).verdict == "emergent"
+    # a flat start far above chance is not a plateau near chance
+    high = np.array([.80, .81, .95, .97, .98, .98])
+    assert analyse_series(x, high, MetricSpec("acc", n_items=256, chance=0.0)).verdict == "smooth"
+    unknown = analyse_series(x, high, MetricSpec("acc", n_items=256))
+    assert unknown.verdict != "emergent" or any("no chance level given" in c for c in unknown.caveats)
+
+
+def test_several_series_share_the_level():
+    """Bonferroni: each of the k series tested at once runs its step test at level / k."""
+    table = pd.DataFrame({"flops": X, **{f"t{i}/acc": 0.3 + 0.01 * i * (U - 18) for i in range(4)}})
+    results, _ = detect(table, "flops", [MetricSpec(f"t{i}/acc", n_items=1000) for i in range(4)], level=0.02)
+    assert [r.scores["level"] for r in results] == [0.005] * 4
+    with pytest.raises(UserError, match="--level 1.5: expected a probability"):
+        detect(table, "flops", [MetricSpec("t0/acc")], level=1.5)
 
 
 def test_loss_axis_reads_lower_loss_as_more_scale():
@@ -175,15 +234,16 @@ def test_cli_on_a_table_prints_one_json_document(tmp_path, _cli):
     assert [r["metric"] for r in doc["results"]] == ["acc", "logprob"]
     acc_r = doc["results"][0]
     assert acc_r["verdict"] == "emergent" and acc_r["group"] == "m" and acc_r["axis"] == "flops"
-    assert set(acc_r) == {"group", "metric", "axis", "n_points", "verdict", "threshold", "midpoint",
+    assert set(acc_r) == {"group", "metric", "axis", "subset", "n_points", "verdict", "threshold", "midpoint",
                           "width_decades", "scores", "caveats"}
+    assert doc["tests"] == 2 and doc["results"][0]["scores"]["level"] == doc["level"] / 2
     assert {"breakthroughness", "linearity"} <= set(acc_r["scores"])
     assert "1 row(s) with a missing or non-positive flops dropped" in run.stderr
     assert doc["results"][1]["verdict"] == "smooth"
     assert any("metric-induced" in c for c in acc_r["caveats"])
     # --n-items once applies to every --y-col
     once = _cli(str(path), "--x-col", "flops", "--y-col", "acc", "--n-items", "400", "--chance", "0.25")
-    assert once.returncode == 0 and "acc vs flops (11 points): emergent" in once.stdout
+    assert once.returncode == 0 and "acc vs flops (11 points, all rows): emergent" in once.stdout
 
 
 def test_cli_exit_status_2_for_bad_tables(tmp_path, _cli):
@@ -202,7 +262,7 @@ def test_cli_exit_status_2_for_bad_tables(tmp_path, _cli):
 def test_cli_on_a_sweep_folder_writes_emergence_json_for_the_report(tmp_path, _cli):
     from tests.analysis.report_data import make_results
 
-    folder = make_results(tmp_path / "sweep", sizes_per_budget=3, samples=False)
+    folder = make_results(tmp_path / "sweep", budgets=np.geomspace(1e17, 1e20, 7), sizes_per_budget=3, samples=False)
     (folder / "emergence.json").unlink()
     run = _cli(str(folder), "--format", "json", "--bootstrap", "50")
     assert run.returncode == 0, run.stderr
@@ -211,8 +271,41 @@ def test_cli_on_a_sweep_folder_writes_emergence_json_for_the_report(tmp_path, _c
     axes = {r["axis"] for r in doc["results"]}
     assert axes == {"n_params", "data_units", "flops", "final_loss"}
     flops = {r["metric"]: r for r in doc["results"] if r["axis"] == "flops"}
-    # the synthetic exact match jumps near C = 3e18 while its log-probability rises smoothly
-    assert flops["addition/exact_match"]["verdict"] == "emergent"
-    assert 1e18 <= flops["addition/exact_match"]["threshold"]["x"] <= 1e19
-    assert any("metric-induced" in c for c in flops["addition/exact_match"]["caveats"])
+    # the synthetic exact match rises from 5% to 95% between C = 1e18 and 1e19 (midpoint 3e18)
+    # while its log-probability rises smoothly; against C, on the compute frontier (one trial a budget)
+    exact = flops["addition/exact_match"]
+    assert exact["verdict"] == "emergent" and exact["subset"].startswith("the compute frontier (")
+    assert exact["threshold"]["low"] < 3e18 < exact["midpoint"] * 3 and exact["midpoint"] < 1e19
+    assert any("metric-induced" in c for c in exact["caveats"])
     assert flops["addition/logprob"]["verdict"] == "smooth"
+    assert doc["tests"] == sum(r["verdict"] != "not_enough_data" for r in doc["results"])
+
+
+def test_a_grid_sweep_tests_n_at_the_largest_d_and_records_the_subset(tmp_path):
+    """On a grid, each N's metric is read at the largest D (a blend over D would hide the
+    jump), D at the largest N, and the JSON says which subset each verdict used."""
+    from analysis.emergence_tables import detect_sweep
+    from analysis.records import EVALS, TRIALS, chance_of, stderr_of
+    from tests.analysis.report_data import _row
+
+    sizes, budgets = [1e5, 2e5, 4e5, 8e5, 1.6e6, 3.2e6], [1e8, 1e9]
+    trials, evals = [], []
+    for n in sizes:
+        for d in budgets:
+            tid = f"t-{n:.0e}-{d:.0e}"
+            trials.append(_row(tid, n, d, 6 * n * d, 3.0 - 0.1 * np.log10(n * d)))
+            acc = 0.9 if (d == budgets[-1] and n >= 8e5) else 0.0  # only the long runs of the large sizes
+            for metric, value in (("add/exact_match", acc), (stderr_of("add/exact_match"), 0.01),
+                                  (chance_of("add/exact_match"), 0.0)):
+                evals.append((tid, 1, d, 6 * n * d, metric, value))
+    pd.DataFrame(trials).to_parquet(tmp_path / TRIALS.file, index=False)
+    pd.DataFrame(evals, columns=EVALS.names).to_parquet(tmp_path / EVALS.file, index=False)
+    results, _, tests = detect_sweep(str(tmp_path), bootstrap=0)
+    by_axis = {r.axis: r for r in results}
+    n_axis = by_axis[TRIALS.n_params]
+    assert n_axis.subset == "trials at the largest data_units (1e+09)" and n_axis.n_points == len(sizes)
+    assert n_axis.verdict == "emergent" and (n_axis.threshold["low"], n_axis.threshold["high"]) == (4e5, 8e5)
+    assert by_axis[TRIALS.data_units].subset.startswith("trials at the largest n_params")
+    assert by_axis[TRIALS.data_units].verdict == "not_enough_data"  # two budgets
+    assert tests == sum(r.verdict != "not_enough_data" for r in results)
+    assert n_axis.scores["level"] == pytest.approx(LEVEL / tests)

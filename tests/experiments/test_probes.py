@@ -88,6 +88,18 @@ def test_scoring_on_a_perfect_and_a_wrong_model():
     assert math.isfinite(wrong["addition/logprob"])
 
 
+def test_chance_levels_and_answer_length_are_recorded_with_the_metrics():
+    spec = ProbeSpec(tasks=("walk", "recall"), mix_rate=0.5, eval_items=16, steps=16)
+    texts = [(p + a).encode() for task in spec.tasks for p, a in held_out(spec)[task]]
+    got = evaluate_probes(_Oracle(texts), spec, context=64, device="cpu")
+    # walk: 16 symbols and a newline, each one of 63; recall: a digit and a newline, each one of 11
+    assert got["walk/answer_tokens"] == 17 and got["recall/answer_tokens"] == 2
+    assert got["walk/token_accuracy_chance"] == pytest.approx(1 / 63)
+    assert got["walk/logprob_chance"] == pytest.approx(-math.log(63))
+    assert got["walk/exact_match_chance"] == pytest.approx(63.0 ** -17)
+    assert got["recall/exact_match_chance"] == pytest.approx(1 / 121)
+
+
 def test_probe_specs_are_checked(write_spec):
     base = "name: p\nmodel:\n  sizes: [{d_model: 16, n_layers: 1, n_heads: 1}]\nbudgets: {tokens: [4096]}\n"
     with pytest.raises(UserError, match="probes: tasks are given but mix_rate is 0"):
