@@ -17,8 +17,8 @@ this order:
   3. no smooth trend explains it: adding the step to the best linear, power-law and
      wide-sigmoid fit (``analysis.emergence_models``) lowers χ² by more than the one-sided
      likelihood-ratio critical value with one degree of freedom, against every one of them
-     (an intersection-union test), or a sharp sigmoid (narrower than the range) beats every
-     one of them by as much: a transition caught mid-rise. The level is divided among the
+     (an intersection-union test), or a sharp sigmoid (10–90% within half the range) beats
+     every one of them by as much: a transition caught mid-rise. The level is divided among the
      places that pass rules 1 and 2, plus one for the sigmoid (Bonferroni). This is the
      sharpness test: a smooth curve's prediction is the reference, not the share of the rise;
 - ``late_jump``: no such step, but the points before the last are a plateau and the last is
@@ -36,6 +36,8 @@ Standard errors come from a column, from a binomial with ``n_items`` trials (at 
 a fitted sigmoid predicts, p smoothed as (k + ½)/(n + 1), so that a 0% point still has an
 error), from the spread of rows that share a scale, or, with none of those, from the
 residuals of a sigmoid of any width (a sharp one is a step, so a jump cannot inflate them).
+Given errors that even that sigmoid's misses exceed by far are scaled up to match them
+(model-to-model scatter that item counts do not cover; a caveat says so).
 With estimated errors the calls are less reliable (docs/emergence.md has the rates).
 
 Scores (``scores``): BIG-bench's linearity and breakthroughness (:func:`big_bench_scores`);
@@ -70,9 +72,12 @@ from analysis.records import Verdict, capability_name, capability_task
 MIN_POINTS = 4  # distinct scales below which the verdict is not_enough_data
 LEVEL = 0.015  # default level of the step test, per series (before dividing it among several series)
 PLATEAU_P = 0.01  # points before a step are a plateau unless a constant is rejected at this level
+OVERDISPERSED_P = 0.001  # given errors are too small when even a sigmoid's χ² is rejected at this level
 TREND_P = 0.0027  # a trend is significant at 3 sigma (two-sided)
 Z = 3.0  # standard errors of the descriptive tolerances: "near chance", a decline
 NEAR_FRACTION = 0.10  # "near chance": within this fraction of the jump (or Z standard errors)
+FLAT_FRACTION = 0.05  # points all within this fraction of the rise after them are flat next to it
+SHARP_WIDTH = 0.5  # a sigmoid rising 10%→90% within this share of the axis range is a sharp transition
 AICC_MARGIN = 2.0  # a sharp sigmoid must beat the smooth models by this much to describe the transition
 DISCONTINUOUS = ("exact_match", "em", "acc", "accuracy")
 VERDICTS = tuple(Verdict.values())
@@ -240,18 +245,22 @@ def analyse_series(x: np.ndarray, y: np.ndarray, spec: MetricSpec, *, group: str
     if np.ptp(ys) == 0:
         result.verdict = Verdict.FLAT
         return result
+    if _non_monotone(xs, ys, ses, caveats):
+        result.verdict = Verdict.NON_MONOTONE
+        return result
+    peak = int(np.argmax(ys))  # a partial decline after the peak, on the errors as given
+    declines = bool(ys[-1] < ys[peak] - Z * float(ses[peak:].max()) and ys[-1] - ys.min() >= 0.5 * np.ptp(ys))
+    ses = _overdispersed(u, ys, ses, caveats)  # after the non-monotone test: no sigmoid fits a bump
     w = 1 / ses**2
     fits = {m: em.fit(m, u, ys, w) for m in ("constant", "linear", "power", "wide_sigmoid", "sigmoid")}
     aicc = {m: em.aicc(fits[m].chi2, em.PARAMETERS[m], n) for m in ("linear", "power", "sigmoid")}
     aicc = {m: round(v, 3) for m, v in aicc.items() if v is not None}
     result.scores.update(aicc=aicc, best_model=min(aicc, key=aicc.get) if aicc else None)
-
-    if _non_monotone(xs, ys, ses, caveats):
-        result.verdict = Verdict.NON_MONOTONE
-        return result
     step = _find_step(u, ys, ses, fits, spec.chance, alpha)
     if step is not None:
         _describe_step(result, step, xs, ys, u, ses, fits, loss_axis, bootstrap, seed)
+        if declines:
+            caveats.append("the metric declines after the jump but stays well above the plateau")
         if spec.chance is None:
             caveats.append(f"no chance level given (--chance): the plateau's own level, {step['plateau']:.4g}, "
                            "was taken as chance")
@@ -261,6 +270,23 @@ def analyse_series(x: np.ndarray, y: np.ndarray, spec: MetricSpec, *, group: str
                 for m in ("linear", "power", "sigmoid"))
     result.verdict = Verdict.SMOOTH if trend else Verdict.FLAT
     return result
+
+
+def _overdispersed(u: np.ndarray, ys: np.ndarray, ses: np.ndarray, caveats: list[str]) -> np.ndarray:
+    """The errors, scaled up by √φ when even a sigmoid of any width misses the points by far
+    more than they say (its χ² rejected at ``OVERDISPERSED_P``; φ = χ²/dof). Item counts give the
+    sampling error of each score, not the model-to-model scatter of published curves
+    (quasi-likelihood)."""
+    dof = len(ys) - em.PARAMETERS["sigmoid"]
+    if dof < 1:
+        return ses
+    chi2 = em.fit("sigmoid", u, ys, 1 / ses**2).chi2
+    if chi2 <= _chi2_crit(dof, OVERDISPERSED_P):
+        return ses
+    phi = chi2 / dof
+    caveats.append(f"the points scatter {math.sqrt(phi):.3g}× more than their standard errors say (even a sigmoid "
+                   f"misses them: χ² = {chi2:.3g} on {dof} degrees of freedom); the errors were scaled up to match")
+    return ses * math.sqrt(phi)
 
 
 def _non_monotone(xs, ys, ses, caveats: list[str]) -> bool:
@@ -282,69 +308,69 @@ def _non_monotone(xs, ys, ses, caveats: list[str]) -> bool:
 
 def _plateau(before: np.ndarray, se: np.ndarray, rest: np.ndarray, chance: float | None) -> tuple[float, float] | None:
     """(level, its standard error) of a plateau of the points ``before`` a step, or None when
-    they are not one: a constant is rejected (χ² test at ``PLATEAU_P``), or, with a chance
-    level, their level is not near chance (within max(Z standard errors, NEAR_FRACTION of
-    the rise after it))."""
+    they are not one. A plateau is consistent with a constant (χ² test at ``PLATEAU_P``), or
+    flat next to the rise after it: every point within FLAT_FRACTION of that rise of the
+    level (model-to-model scatter that item counts do not cover, as in published curves).
+    With a chance level, the level must be near it: within max(Z standard errors,
+    NEAR_FRACTION of the rise)."""
     w = 1 / se**2
     mean = float(np.sum(w * before) / np.sum(w))
     se_mean = float(1 / math.sqrt(np.sum(w)))
-    if np.sum(w * (before - mean) ** 2) > _chi2_crit(len(before) - 1, PLATEAU_P):
+    height = float(np.max(rest)) - (mean if chance is None else chance)
+    if height <= 0:
         return None
-    if chance is not None:
-        height = float(np.max(rest)) - chance
-        if height <= 0 or abs(mean - chance) > max(Z * se_mean, NEAR_FRACTION * height):
-            return None
+    constant = np.sum(w * (before - mean) ** 2) <= _chi2_crit(len(before) - 1, PLATEAU_P)
+    if not constant and np.max(np.abs(before - mean)) > FLAT_FRACTION * height:
+        return None
+    if chance is not None and abs(mean - chance) > max(Z * se_mean, NEAR_FRACTION * height):
+        return None
     return mean, se_mean
 
 
 def _find_step(u, ys, se: np.ndarray, fits: dict, chance: float | None, alpha: float) -> dict | None:
-    """The step the module docstring's ``emergent`` (or ``late_jump``) describes, or None:
-    among the places that pass every test, the one no smooth trend explains the most.
+    """The step the module docstring's ``emergent`` (or ``late_jump``) describes, or None.
 
-    The step test's level is divided among the places that have a plateau before them and
-    two points of evidence after (Bonferroni over the candidates; the calibration suite
-    measures the resulting rates)."""
+    A place k has a plateau before it and its first two points (one, at the last place) above
+    the plateau at the test level. A step at k also needs them at least ``Z`` standard errors
+    above it, and must be needed by every smooth trend; among such steps, the one the trends
+    explain least wins. A sharp sigmoid that beats every trend instead puts the transition
+    after the longest plateau. The level is divided among the step places (at least one),
+    plus one for the sigmoid (Bonferroni; the calibration suite measures the resulting rates)."""
     n = len(ys)
-    z_crit = max(Z, float(stats.norm.isf(alpha)))
-    candidates = []
+    places = []
     for k in range(2, n):  # at least two plateau points before; n - 1: the last point alone
         plateau = _plateau(ys[:k], se[:k], ys[k:], chance)
-        if plateau is None:
-            continue
-        level, se_level = plateau
-        evidence = slice(k, min(k + 2, n))
-        z = (ys[evidence] - level) / np.hypot(se[evidence], se_level)
-        if np.all(z > z_crit):
-            candidates.append((k, level, float(np.min(z))))
-    inner = [c for c in candidates if c[0] < n - 1]
-    if not inner:  # the last point alone: no test tells a step from a steep smooth trend
-        return None if not candidates else {"index": n - 1, "lone": True, "chi2": None, "critical": None,
-                                            "against": None, "z": candidates[-1][2], "plateau": candidates[-1][1]}
-    candidates = inner
-    # one-sided (only a step up counts): a drop in χ² that chance exceeds with probability 2·alpha
+        if plateau is not None:
+            level, se_level = plateau
+            evidence = slice(k, min(k + 2, n))
+            z = float(np.min((ys[evidence] - level) / np.hypot(se[evidence], se_level)))
+            if z > stats.norm.isf(alpha):
+                places.append({"index": k, "plateau": level, "z": z})
+    inner = [p for p in places if p["index"] < n - 1]
+    steps = [p for p in inner if p["z"] > Z]
+    # one-sided (only a rise counts): a drop in χ² that chance exceeds with probability 2·alpha
     # does so upwards with probability alpha
-    crit = _chi2_crit(1, 2 * alpha / (len(candidates) + 1))
+    crit = _chi2_crit(1, 2 * alpha / (max(len(steps), 1) + 1))
     sigmoid = fits["sigmoid"]
-    if em.sigmoid_shape(sigmoid)[1] < em.SMOOTH_WIDTH * float(np.ptp(u)):  # a sharp sigmoid, rising
+    if inner and sigmoid.coef[1] > 0 and em.sigmoid_shape(sigmoid)[1] < SHARP_WIDTH * float(np.ptp(u)):
         drops = {m: fits[m].chi2 - sigmoid.chi2 for m in em.SMOOTH}
         against = min(drops, key=drops.get)
-        if sigmoid.coef[1] > 0 and drops[against] > crit:
-            k, level, z = candidates[0]
-            return {"index": k, "lone": False, "chi2": drops[against], "critical": crit, "against": against,
-                    "z": z, "plateau": level, "shape": "sigmoid"}
+        if drops[against] > crit:
+            return {**inner[-1], "lone": False, "chi2": drops[against], "critical": crit, "against": against,
+                    "shape": "sigmoid"}
     w = 1 / se**2
     found = None
-    for k, level, z in candidates:
+    for place in steps:
         drops = {}
         for model in em.SMOOTH:
-            stepped = em.fit(model, u, ys, w, step=k)
+            stepped = em.fit(model, u, ys, w, step=place["index"])
             drops[model] = fits[model].chi2 - stepped.chi2 if stepped.jump > 0 else 0.0
         against = min(drops, key=drops.get)
-        if drops[against] <= crit:
-            continue
-        if found is None or drops[against] > found["chi2"]:
-            found = {"index": k, "lone": False, "chi2": drops[against], "critical": crit, "against": against,
-                     "z": z, "plateau": level, "shape": "step"}
+        if drops[against] > crit and (found is None or drops[against] > found["chi2"]):
+            found = {**place, "lone": False, "chi2": drops[against], "critical": crit, "against": against,
+                     "shape": "step"}
+    if found is None and not steps and places and places[-1]["index"] == n - 1 and places[-1]["z"] > Z:
+        return {**places[-1], "lone": True}  # the last point alone: no test tells a step from a steep trend
     return found
 
 
@@ -364,12 +390,10 @@ def _describe_step(result: Emergence, step: dict, xs, ys, u, se: np.ndarray, fit
         result.scores.update(transition=step["shape"], step_chi2=round(step["chi2"], 3),
                              step_critical=round(step["critical"], 3), step_against=step["against"])
     peak_after = float(np.max(ys[k:]))
-    if ys[-1] < peak_after - Z * float(se[k:].max()) and ys[-1] - step["plateau"] >= 0.5 * (peak_after - step["plateau"]):
-        result.caveats.append("the metric declines after the jump but stays well above the plateau")
     result.midpoint = _crossing(xs, ys, (step["plateau"] + peak_after) / 2, loss_axis)
     sig = fits["sigmoid"]
     smooth = min(em.aicc(fits[m].chi2, em.PARAMETERS[m], len(u)) or math.inf for m in ("linear", "power"))
-    sharp = em.sigmoid_shape(sig)[1] < em.SMOOTH_WIDTH * float(np.ptp(u))
+    sharp = em.sigmoid_shape(sig)[1] < SHARP_WIDTH * float(np.ptp(u))
     sig_aicc = em.aicc(sig.chi2, 4, len(u))
     if sharp and sig_aicc is not None and sig_aicc < smooth - AICC_MARGIN:
         _sigmoid_location(result, u, ys, se, sig, loss_axis, bootstrap, seed)

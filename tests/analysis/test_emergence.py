@@ -309,3 +309,21 @@ def test_a_grid_sweep_tests_n_at_the_largest_d_and_records_the_subset(tmp_path):
     assert by_axis[TRIALS.data_units].verdict == "not_enough_data"  # two budgets
     assert tests == sum(r.verdict != "not_enough_data" for r in results)
     assert n_axis.scores["level"] == pytest.approx(LEVEL / tests)
+
+
+def test_published_style_curves_with_item_counts():
+    """Eight sizes as a published family (125M to 175B), accuracies over many items. Item
+    counts give each score's sampling error, not the model-to-model scatter: the errors are
+    scaled up to the scatter (quasi-likelihood), so a wobbly flat task stays flat and a jump
+    stays a jump."""
+    x = np.array([125e6, 350e6, 760e6, 1.3e9, 2.7e9, 6.7e9, 13e9, 175e9])
+    flat = analyse_series(x[:6], np.array([.25, .26, .24, .26, .25, .27]), MetricSpec("acc", n_items=14000, chance=.25))
+    assert flat.verdict == "flat" and any("scatter" in c and "scaled up" in c for c in flat.caveats)
+    jump = analyse_series(x, np.array([.25, .26, .24, .26, .27, .30, .45, .60]), MetricSpec("acc", n_items=14000, chance=.25))
+    assert jump.verdict == "emergent" and jump.threshold["high"] <= 13e9
+    # a rise caught mid-way: its first point is weak (2.6 se), the sigmoid through it is sharp
+    late = analyse_series(x, np.array([.01, .01, .02, .01, .02, .03, .35, .8]), MetricSpec("acc", n_items=1000, chance=0.0))
+    assert late.verdict == "emergent" and late.scores["transition"] == "sigmoid"
+    assert (late.threshold["low"], late.threshold["high"]) == (6.7e9, 13e9)
+    smooth = analyse_series(x, np.array([.43, .54, .60, .64, .67, .70, .72, .76]), MetricSpec("acc", n_items=5153))
+    assert smooth.verdict == "smooth"

@@ -15,7 +15,7 @@ from analysis.emergence import LEVEL
 from analysis.emergence_calibration import rates, smooth_draw, step_draw, verdict, wilson
 from analysis.records import Verdict
 
-SMOOTH, STEPS = 800, 400  # per noise model
+SMOOTH, STEPS = 1500, 500  # per noise model
 
 
 @pytest.fixture(scope="module")
