@@ -10,17 +10,19 @@ this order:
 - ``non_monotone``: a significant rise that falls back to below half of it;
 - ``emergent``: a step at the k-th scale such that
   1. the points before it (at least two) are a plateau: consistent with a constant
-     (χ² test at ``PLATEAU_P``) whose level is near chance when a chance level is known
-     (within max(3 standard errors of the level, 10% of the rise after it));
-  2. the first two points from the step on are each at least ``Z`` standard errors (of
-     their difference from the plateau's level) above it, and significant at the test level;
+     (χ² test at ``PLATEAU_P``) or all within ``FLAT_FRACTION`` of the rise after them, and
+     near chance when a chance level is known (within max(3 standard errors of the level,
+     10% of the rise));
+  2. the first two points from the step on are each significant above the plateau at the
+     test level, and at least ``Z`` standard errors (of their difference from it) above it;
   3. no smooth trend explains it: adding the step to the best linear, power-law and
      wide-sigmoid fit (``analysis.emergence_models``) lowers χ² by more than the one-sided
      likelihood-ratio critical value with one degree of freedom, against every one of them
-     (an intersection-union test), or a sharp sigmoid (10–90% within half the range) beats
-     every one of them by as much: a transition caught mid-rise. The level is divided among the
-     places that pass rules 1 and 2, plus one for the sigmoid (Bonferroni). This is the
-     sharpness test: a smooth curve's prediction is the reference, not the share of the rise;
+     (an intersection-union test). Or a sharp sigmoid (10–90% within ``SHARP_WIDTH`` of the
+     range) beats every one of them by as much: a transition caught mid-rise, whose
+     evidence points need only rule 2's significance. The level is divided among the step
+     places (at least one), plus one for the sigmoid (Bonferroni). This is the sharpness
+     test: a smooth curve's prediction is the reference, not the share of the rise;
 - ``late_jump``: no such step, but the points before the last are a plateau and the last is
   above it (rules 1 and 2): one point of evidence, which a steep smooth trend explains as
   well as a step;
@@ -36,7 +38,7 @@ Standard errors come from a column, from a binomial with ``n_items`` trials (at 
 a fitted sigmoid predicts, p smoothed as (k + ½)/(n + 1), so that a 0% point still has an
 error), from the spread of rows that share a scale, or, with none of those, from the
 residuals of a sigmoid of any width (a sharp one is a step, so a jump cannot inflate them).
-Given errors that even that sigmoid's misses exceed by far are scaled up to match them
+Given errors that no line, power law or sigmoid comes near are scaled up to the scatter
 (model-to-model scatter that item counts do not cover; a caveat says so).
 With estimated errors the calls are less reliable (docs/emergence.md has the rates).
 
@@ -273,19 +275,25 @@ def analyse_series(x: np.ndarray, y: np.ndarray, spec: MetricSpec, *, group: str
 
 
 def _overdispersed(u: np.ndarray, ys: np.ndarray, ses: np.ndarray, caveats: list[str]) -> np.ndarray:
-    """The errors, scaled up by √φ when even a sigmoid of any width misses the points by far
-    more than they say (its χ² rejected at ``OVERDISPERSED_P``; φ = χ²/dof). Item counts give the
+    """The errors, scaled up by √φ when no line, power law or sigmoid of any width comes near
+    the points (each one's χ² rejected at ``OVERDISPERSED_P``; φ = χ²/dof of the best). Item counts give the
     sampling error of each score, not the model-to-model scatter of published curves
     (quasi-likelihood)."""
-    dof = len(ys) - em.PARAMETERS["sigmoid"]
-    if dof < 1:
+    best = None  # (φ, model, χ², dof) of the curve that fits best
+    for model in ("linear", "power", "sigmoid"):
+        dof = len(ys) - em.PARAMETERS[model]
+        if dof >= 1:
+            chi2 = em.fit(model, u, ys, 1 / ses**2).chi2
+            if chi2 <= _chi2_crit(dof, OVERDISPERSED_P):
+                return ses  # one curve fits within the errors
+            if best is None or chi2 / dof < best[0]:
+                best = (chi2 / dof, model, chi2, dof)
+    if best is None:
         return ses
-    chi2 = em.fit("sigmoid", u, ys, 1 / ses**2).chi2
-    if chi2 <= _chi2_crit(dof, OVERDISPERSED_P):
-        return ses
-    phi = chi2 / dof
-    caveats.append(f"the points scatter {math.sqrt(phi):.3g}× more than their standard errors say (even a sigmoid "
-                   f"misses them: χ² = {chi2:.3g} on {dof} degrees of freedom); the errors were scaled up to match")
+    phi, model, chi2, dof = best
+    caveats.append(f"the points scatter {math.sqrt(phi):.3g}× more than their standard errors say (no line, power "
+                   f"law or sigmoid fits them; the best, a {model}, has χ² = {chi2:.3g} on {dof} degrees of freedom); "
+                   "the errors were scaled up to match")
     return ses * math.sqrt(phi)
 
 
@@ -333,8 +341,8 @@ def _find_step(u, ys, se: np.ndarray, fits: dict, chance: float | None, alpha: f
     A place k has a plateau before it and its first two points (one, at the last place) above
     the plateau at the test level. A step at k also needs them at least ``Z`` standard errors
     above it, and must be needed by every smooth trend; among such steps, the one the trends
-    explain least wins. A sharp sigmoid that beats every trend instead puts the transition
-    after the longest plateau. The level is divided among the step places (at least one),
+    explain least wins. A sharp sigmoid that beats every trend instead puts the onset at the
+    place with the steepest step (in standard errors). The level is divided among the step places (at least one),
     plus one for the sigmoid (Bonferroni; the calibration suite measures the resulting rates)."""
     n = len(ys)
     places = []
@@ -356,7 +364,9 @@ def _find_step(u, ys, se: np.ndarray, fits: dict, chance: float | None, alpha: f
         drops = {m: fits[m].chi2 - sigmoid.chi2 for m in em.SMOOTH}
         against = min(drops, key=drops.get)
         if drops[against] > crit:
-            return {**inner[-1], "lone": False, "chi2": drops[against], "critical": crit, "against": against,
+            steepest = max(inner, key=lambda p: (ys[p["index"]] - ys[p["index"] - 1])
+                           / math.hypot(se[p["index"]], se[p["index"] - 1]))
+            return {**steepest, "lone": False, "chi2": drops[against], "critical": crit, "against": against,
                     "shape": "sigmoid"}
     w = 1 / se**2
     found = None
