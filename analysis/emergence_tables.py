@@ -65,7 +65,8 @@ def detect_table(source: str, *, x_col: str, y_cols: list[str], stderr_cols: lis
 
 def last_capability_values(evals: pd.DataFrame) -> pd.DataFrame:
     """Columns trial_id, metric, value: each trial's value of every capability metric (evals
-    rows named TASK/NAME, their _stderr rows included) at its last evaluation point."""
+    rows named TASK/NAME, with their _stderr and _chance rows and TASK/answer_tokens) at its
+    last evaluation point."""
     cap = evals[evals[EVALS.metric].map(is_capability)]
     last = cap.sort_values(EVALS.step).groupby([EVALS.trial_id, EVALS.metric], as_index=False).last()
     return last[[EVALS.trial_id, EVALS.metric, EVALS.value]]
