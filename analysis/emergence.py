@@ -82,7 +82,6 @@ FLAT_FRACTION = 0.05  # points all within this fraction of the rise after them a
 SHARP_WIDTH = 0.5  # a sigmoid rising 10%→90% within this share of the axis range is a sharp transition
 AICC_MARGIN = 2.0  # a sharp sigmoid must beat the smooth models by this much to describe the transition
 DISCONTINUOUS = ("exact_match", "em", "acc", "accuracy")
-VERDICTS = tuple(Verdict.values())
 
 
 @dataclass
@@ -404,7 +403,7 @@ def _describe_step(result: Emergence, step: dict, xs, ys, u, se: np.ndarray, fit
     sig = fits["sigmoid"]
     smooth = min(em.aicc(fits[m].chi2, em.PARAMETERS[m], len(u)) or math.inf for m in ("linear", "power"))
     sharp = em.sigmoid_shape(sig)[1] < SHARP_WIDTH * float(np.ptp(u))
-    sig_aicc = em.aicc(sig.chi2, 4, len(u))
+    sig_aicc = em.aicc(sig.chi2, em.PARAMETERS["sigmoid"], len(u))
     if sharp and sig_aicc is not None and sig_aicc < smooth - AICC_MARGIN:
         _sigmoid_location(result, u, ys, se, sig, loss_axis, bootstrap, seed)
 
@@ -550,19 +549,18 @@ def mirage(exact: pd.Series, per_token: pd.Series, answer_tokens: float, low: fl
 def _task_caveats(pairs: list[tuple[MetricSpec, Emergence]], values: dict[str, pd.Series]) -> None:
     """The caveats that compare metrics, task by task (a task is ``TASK`` of ``TASK/NAME``;
     columns without a task are all one unnamed task): the mirage check, and generic learning."""
-    jumped = (Verdict.EMERGENT, Verdict.LATE_JUMP)
     tasks: dict[str, list[tuple[MetricSpec, Emergence]]] = {}
     for spec, r in pairs:
         tasks.setdefault(capability_task(spec.column), []).append((spec, r))
     for task_pairs in tasks.values():
         continuous = [(s, r) for s, r in task_pairs if not s.discontinuous]
         for spec, r in task_pairs:
-            if spec.discontinuous and r.verdict in jumped:
+            if spec.discontinuous and r.verdict.jumps:
                 _metric_caveat(spec, r, continuous, values)
-    jumping = [t for t, ps in tasks.items() if any(r.verdict in jumped for _, r in ps)]
+    jumping = [t for t, ps in tasks.items() if any(r.verdict.jumps for _, r in ps)]
     if len(tasks) >= 2 and len(jumping) == len(tasks):
         for _, r in pairs:
-            if r.verdict in jumped:
+            if r.verdict.jumps:
                 r.caveats.append(f"every task given ({', '.join(sorted(tasks))}) jumps at these runs: generic "
                                  "learning, not a task-specific capability?")
 
@@ -595,7 +593,7 @@ def _metric_caveat(spec: MetricSpec, r: Emergence, continuous: list[tuple[Metric
             else:
                 r.caveats.append(f"not metric-induced (Schaeffer et al. 2023): {what}")
             return
-    also = [s.column for s, o in continuous if o.verdict in (Verdict.EMERGENT, Verdict.LATE_JUMP)]
+    also = [s.column for s, o in continuous if o.verdict.jumps]
     smooth = [s.column for s, o in continuous if o.verdict == Verdict.SMOOTH]
     if also:
         r.caveats.append(f"the continuous {', '.join(also)} of the same task jump(s) too: evidence against a "

@@ -103,6 +103,12 @@ class Verdict(Closed):
     NON_MONOTONE = "non_monotone", "a significant rise that falls back to below half of it"
     NOT_ENOUGH_DATA = "not_enough_data", "fewer than 4 distinct scales"
 
+    @property
+    def jumps(self) -> bool:
+        """A step up was found (emergent, or on one point of evidence): the report draws its
+        onset and the caveats check the metric behind it."""
+        return self in (Verdict.EMERGENT, Verdict.LATE_JUMP)
+
 
 class DataUnit(Closed):
     """What D counts (``data_unit``)."""

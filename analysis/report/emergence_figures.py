@@ -95,7 +95,8 @@ def _axis(name) -> str | None:
 def _draw_flag(fig: go.Figure, flag: dict, col: int) -> None:
     threshold = flag.get("threshold")
     verdict = flag.get("verdict", "")
-    if verdict not in (Verdict.EMERGENT, Verdict.LATE_JUMP) or not threshold or threshold.get("x") is None:
+    jumps = verdict in Verdict.values() and Verdict(verdict).jumps  # emergence.json is read back from disk
+    if not jumps or not threshold or threshold.get("x") is None:
         fig.add_annotation(text=f"verdict: {verdict}", xref=f"x{'' if col == 1 else col} domain",
                            yref=f"y{'' if col == 1 else col} domain", x=0.02, y=0.98, showarrow=False)
         return
