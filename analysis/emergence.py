@@ -251,9 +251,11 @@ def analyse_series(x: np.ndarray, y: np.ndarray, spec: MetricSpec, *, group: str
         return result
     peak = int(np.argmax(ys))  # a partial decline after the peak, on the errors as given
     declines = bool(ys[-1] < ys[peak] - Z * float(ses[peak:].max()) and ys[-1] - ys.min() >= 0.5 * np.ptp(ys))
-    ses = _overdispersed(u, ys, ses, caveats)  # after the non-monotone test: no sigmoid fits a bump
-    w = 1 / ses**2
-    fits = {m: em.fit(m, u, ys, w) for m in ("constant", "linear", "power", "wide_sigmoid", "sigmoid")}
+    fits = _fits(u, ys, ses)
+    phi = _overdispersion(fits, n, caveats)  # after the non-monotone test: no sigmoid fits a bump
+    if phi > 1:
+        ses = ses * math.sqrt(phi)
+        fits = _fits(u, ys, ses)
     aicc = {m: em.aicc(fits[m].chi2, em.PARAMETERS[m], n) for m in ("linear", "power", "sigmoid")}
     aicc = {m: round(v, 3) for m, v in aicc.items() if v is not None}
     result.scores.update(aicc=aicc, best_model=min(aicc, key=aicc.get) if aicc else None)
@@ -273,27 +275,33 @@ def analyse_series(x: np.ndarray, y: np.ndarray, spec: MetricSpec, *, group: str
     return result
 
 
-def _overdispersed(u: np.ndarray, ys: np.ndarray, ses: np.ndarray, caveats: list[str]) -> np.ndarray:
-    """The errors, scaled up by √φ when no line, power law or sigmoid of any width comes near
-    the points (each one's χ² rejected at ``OVERDISPERSED_P``; φ = χ²/dof of the best). Item counts give the
+def _fits(u: np.ndarray, ys: np.ndarray, ses: np.ndarray) -> dict[str, em.Fitted]:
+    """Every curve the verdict compares, fitted with weights 1/se²."""
+    return {m: em.fit(m, u, ys, 1 / ses**2) for m in ("constant", "linear", "power", "wide_sigmoid", "sigmoid")}
+
+
+def _overdispersion(fits: dict[str, em.Fitted], n: int, caveats: list[str]) -> float:
+    """φ, the factor by which the points scatter more than their errors say in variance: 1
+    when some line, power law or sigmoid of any width comes near them, else χ²/dof of the
+    best of them (each one's χ² rejected at ``OVERDISPERSED_P``). Item counts give the
     sampling error of each score, not the model-to-model scatter of published curves
     (quasi-likelihood)."""
     best = None  # (φ, model, χ², dof) of the curve that fits best
     for model in ("linear", "power", "sigmoid"):
-        dof = len(ys) - em.PARAMETERS[model]
+        dof = n - em.PARAMETERS[model]
         if dof >= 1:
-            chi2 = em.fit(model, u, ys, 1 / ses**2).chi2
+            chi2 = fits[model].chi2
             if chi2 <= _chi2_crit(dof, OVERDISPERSED_P):
-                return ses  # one curve fits within the errors
+                return 1.0  # one curve fits within the errors
             if best is None or chi2 / dof < best[0]:
                 best = (chi2 / dof, model, chi2, dof)
     if best is None:
-        return ses
+        return 1.0
     phi, model, chi2, dof = best
     caveats.append(f"the points scatter {math.sqrt(phi):.3g}× more than their standard errors say (no line, power "
                    f"law or sigmoid fits them; the best, a {model}, has χ² = {chi2:.3g} on {dof} degrees of freedom); "
                    "the errors were scaled up to match")
-    return ses * math.sqrt(phi)
+    return phi
 
 
 def _non_monotone(xs, ys, ses, caveats: list[str]) -> bool:
@@ -420,10 +428,6 @@ def _crossing(xs, ys, level: float, loss_axis: bool) -> float | None:
     return None
 
 
-def _logistic(u, floor, height, mid, scale):
-    return floor + height / (1 + np.exp(-np.clip((u - mid) / scale, -50, 50)))
-
-
 def _polish(u, ys, se, start) -> np.ndarray | None:
     """The 4-parameter sigmoid refined from ``start`` (floor, height, mid, scale), or None."""
     span = float(np.ptp(u))
@@ -432,7 +436,7 @@ def _polish(u, ys, se, start) -> np.ndarray | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            params, _ = curve_fit(_logistic, u, ys, p0=np.clip(start, np.add(lo, 1e-9), np.subtract(hi, 1e-9)),
+            params, _ = curve_fit(em.logistic, u, ys, p0=np.clip(start, np.add(lo, 1e-9), np.subtract(hi, 1e-9)),
                                   sigma=se, absolute_sigma=True, bounds=(lo, hi), maxfev=4000)
     except (RuntimeError, ValueError):
         return None

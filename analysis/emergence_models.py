@@ -64,6 +64,11 @@ def _grid(model: str, u: np.ndarray) -> np.ndarray:
     return np.stack(np.meshgrid(mids, scales, indexing="ij"), axis=-1).reshape(-1, 2)
 
 
+def logistic(u, floor, height, mid, scale):
+    """floor + height / (1 + exp(−(u − mid) / scale)), safe from overflow."""
+    return floor + height / (1.0 + np.exp(-np.clip((u - mid) / scale, -50, 50)))
+
+
 def _design(model: str, theta: np.ndarray, u: np.ndarray, step: int | None) -> np.ndarray:
     """The columns of ``model`` at every grid point ``theta`` [G, p]: [G, n, q]."""
     g = len(theta)
@@ -75,8 +80,7 @@ def _design(model: str, theta: np.ndarray, u: np.ndarray, step: int | None) -> n
         anchor = np.where(alpha > 0, u.max(), u.min())  # the column is at most 1: well conditioned
         cols.append(np.power(10.0, alpha * (u[None, :] - anchor)))
     elif model != "constant":
-        mid, scale = theta[:, :1], theta[:, 1:]
-        cols.append(1.0 / (1.0 + np.exp(-np.clip((u[None, :] - mid) / scale, -50, 50))))
+        cols.append(logistic(u[None, :], 0.0, 1.0, theta[:, :1], theta[:, 1:]))
     if step is not None:
         cols.append(np.broadcast_to((np.arange(len(u)) >= step).astype(float), (g, len(u))))
     return np.stack(cols, axis=-1)
