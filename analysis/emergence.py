@@ -180,8 +180,6 @@ def _errors(u: np.ndarray, agg: pd.DataFrame, spec: MetricSpec, given: bool, cav
     dof_ties = int((agg["k"] - 1).sum())
     if given and np.isfinite(agg["se2"]).all():
         se = np.sqrt(agg["se2"].to_numpy(float))
-        if np.any(~np.isfinite(se)) or np.any(se < 0):
-            raise UserError(f"{spec.stderr_column}: standard errors must be finite and >= 0")
     elif spec.n_items is not None:
         if np.any((y < 0) | (y > 1)):
             raise UserError(f"{spec.column}: --n-items gives binomial errors of accuracies in [0, 1]; "
@@ -229,6 +227,8 @@ def analyse_series(x: np.ndarray, y: np.ndarray, spec: MetricSpec, *, group: str
                    subset: str = "all rows", bootstrap: int = 200, seed: int = 0) -> Emergence:
     """The verdict for one metric against one scale axis (see the module docstring); the
     step test runs at ``level / tests``."""
+    if se is not None and np.any(np.asarray(se, float) < 0):  # squared into the tied means' errors below
+        raise UserError(f"{spec.stderr_column}: standard errors must be finite and >= 0")
     caveats: list[str] = []
     agg = _points(x, y, se, axis, loss_axis, caveats)
     xs, ys = agg["x"].to_numpy(float), agg["y"].to_numpy(float)

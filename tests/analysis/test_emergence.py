@@ -197,6 +197,8 @@ def test_bad_tables_raise_analysis_errors():
         detect(table, "flops", [MetricSpec("acc")])
     with pytest.raises(UserError, match=r"column\(s\) \['nope'\] not in the table"):
         detect(table, "flops", [MetricSpec("nope")])
+    with pytest.raises(UserError, match="se: standard errors must be finite and >= 0"):
+        analyse_series(X, np.linspace(0, 1, 11), MetricSpec("acc", stderr_column="se"), axis="C", se=-SE)
     with pytest.raises(UserError, match="binomial errors of accuracies in \\[0, 1\\]"):
         analyse_series(X, np.linspace(0, 50, 11), MetricSpec("acc", n_items=100), axis="C")
 
