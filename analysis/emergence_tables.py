@@ -1,6 +1,7 @@
-"""Emergence on tables: a sweep's results folder or any CSV/Parquet table of model results,
-and the detector's output (the JSON document and the text summary). The detector itself is
-``analysis.emergence``."""
+"""Emergence on tables: many series at once (:func:`detect`: each group and metric, sharing
+the level, with the caveats that compare a task's metrics), a sweep's results folder or any
+CSV/Parquet table of model results, and the detector's output (the JSON document and the
+text summary). The verdict on one series is ``analysis.emergence``."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import numpy as np
 import pandas as pd
 
 from analysis.allocation import frontier
-from analysis.emergence import LEVEL, Emergence, MetricSpec, detect, series_count
+from analysis.emergence import LEVEL, MIN_POINTS, Emergence, MetricSpec, analyse_series
 from analysis.errors import UserError
 from analysis.points import read_table
 from analysis.records import (
     EVALS,
     TRIALS,
     Status,
+    Verdict,
     answer_tokens_of,
+    capability_name,
+    capability_task,
     chance_of,
     is_capability,
     is_probe_metric,
@@ -42,6 +46,147 @@ def _per_metric(values: list | None, metrics: list[str], name: str) -> list:
     return list(values)
 
 
+def _groups(table: pd.DataFrame, group_col: str | None):
+    """(name, rows) of each group of ``table``: every value of ``group_col``, or one group, "all"."""
+    return table.groupby(group_col, sort=True) if group_col else [("all", table)]
+
+
+def series_count(table: pd.DataFrame, x_col: str, metrics: list[MetricSpec], *, group_col: str | None = None,
+                 loss_axis: bool = False) -> int:
+    """How many (group, metric) series of ``table`` have enough distinct scales to be tested."""
+    count = 0
+    for _, rows in _groups(table, group_col):
+        x = pd.to_numeric(rows[x_col], errors="coerce")
+        for spec in metrics:
+            ok = np.isfinite(x) & np.isfinite(pd.to_numeric(rows[spec.column], errors="coerce"))
+            ok &= True if loss_axis else x > 0
+            count += int(x[ok].nunique() >= MIN_POINTS)
+    return count
+
+
+def detect(table: pd.DataFrame, x_col: str, metrics: list[MetricSpec], *, group_col: str | None = None,
+           loss_axis: bool = False, level: float = LEVEL, tests: int | None = None, subset: str = "all rows",
+           bootstrap: int = 200, seed: int = 0) -> tuple[list[Emergence], list[str]]:
+    """(one result per group and metric, warnings). Each series' step test runs at
+    ``level / tests``; ``tests`` defaults to the number of series tested here. Bad tables
+    raise UserError."""
+    needed = [x_col] + [m.column for m in metrics] + [m.stderr_column for m in metrics if m.stderr_column]
+    needed += [group_col] if group_col else []
+    if not 0 < level < 1:
+        raise UserError(f"--level {level}: expected a probability between 0 and 1 (default {LEVEL})")
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise UserError(f"column(s) {missing} not in the table (columns: {list(table.columns)})")
+    for col in set(needed) - {group_col}:
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = values.isna() & table[col].notna()
+        if bad.any():
+            raise UserError(f"column {col!r} holds non-numeric values (e.g. {table[col][bad].iloc[0]!r}); "
+                            "expected numbers")
+    if tests is None:
+        tests = series_count(table, x_col, metrics, group_col=group_col, loss_axis=loss_axis)
+    results: list[Emergence] = []
+    warn: list[str] = []
+    for name, rows in _groups(table, group_col):
+        x = pd.to_numeric(rows[x_col]).to_numpy(float)
+        mine = []
+        for spec in metrics:
+            se = pd.to_numeric(rows[spec.stderr_column]).to_numpy(float) if spec.stderr_column else None
+            r = analyse_series(x, pd.to_numeric(rows[spec.column]).to_numpy(float), spec, group=str(name), axis=x_col,
+                               se=se, loss_axis=loss_axis, level=level, tests=tests, subset=subset,
+                               bootstrap=bootstrap, seed=seed)
+            mine.append((spec, r))
+            warn += [f"{name}/{spec.column}: {c}" for c in r.caveats if "dropped" in c]
+        values = {spec.column: _by_scale(x, pd.to_numeric(rows[spec.column]).to_numpy(float)) for spec in metrics}
+        _task_caveats(mine, values)
+        results += [r for _, r in mine]
+    return results, warn
+
+
+def _by_scale(x: np.ndarray, y: np.ndarray) -> pd.Series:
+    """A metric's mean at each scale (the points the detector tested)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    return pd.Series(y[ok]).groupby(x[ok]).mean()
+
+
+MIRAGE_EXPLAINED = 0.75  # the per-token metric reproduces at least this share of the jump: metric-induced
+MIRAGE_UNEXPLAINED = 0.25  # at most this share: not metric-induced
+
+
+def mirage(exact: pd.Series, per_token: pd.Series, answer_tokens: float, low: float, high: float) -> float | None:
+    """The share of exact match's jump from scale ``low`` to ``high`` that the per-token
+    metric compounded over the answer reproduces: (p(high) − p(low)) / (em(high) − em(low))
+    with p = per_token^answer_tokens (Schaeffer et al. 2023). ``per_token`` is a token
+    accuracy, or exp(log-prob per token)."""
+    if low not in exact.index or high not in exact.index or low not in per_token.index or high not in per_token.index:
+        return None
+    jump = float(exact[high] - exact[low])  # on a loss axis, high is the smaller scale: the ratio's sign cancels
+    if jump == 0:
+        return None
+    predicted = float(per_token[high] ** answer_tokens - per_token[low] ** answer_tokens)
+    return round(predicted / jump, 4)
+
+
+def _task_caveats(pairs: list[tuple[MetricSpec, Emergence]], values: dict[str, pd.Series]) -> None:
+    """The caveats that compare metrics, task by task (a task is ``TASK`` of ``TASK/NAME``;
+    columns without a task are all one unnamed task): the mirage check, and generic learning."""
+    tasks: dict[str, list[tuple[MetricSpec, Emergence]]] = {}
+    for spec, r in pairs:
+        tasks.setdefault(capability_task(spec.column), []).append((spec, r))
+    for task_pairs in tasks.values():
+        continuous = [(s, r) for s, r in task_pairs if not s.discontinuous]
+        for spec, r in task_pairs:
+            if spec.discontinuous and r.verdict.jumps:
+                _metric_caveat(spec, r, continuous, values)
+    jumping = [t for t, ps in tasks.items() if any(r.verdict.jumps for _, r in ps)]
+    if len(tasks) >= 2 and len(jumping) == len(tasks):
+        for _, r in pairs:
+            if r.verdict.jumps:
+                r.caveats.append(f"every task given ({', '.join(sorted(tasks))}) jumps at these runs: generic "
+                                 "learning, not a task-specific capability?")
+
+
+def _metric_caveat(spec: MetricSpec, r: Emergence, continuous: list[tuple[MetricSpec, Emergence]],
+                   values: dict[str, pd.Series]) -> None:
+    """Is a discontinuous metric's jump induced by the metric? Quantitative when the answer
+    length and a per-token metric of the same task are known, else read from the continuous
+    metrics' own verdicts."""
+    by_name = {capability_name(s.column): s.column for s, _ in continuous}
+    ell = spec.answer_tokens
+    if ell and r.threshold and ("token_accuracy" in by_name or "logprob" in by_name):
+        low, high = r.threshold["low"], r.threshold["high"]
+        exact = values[spec.column]
+        shares = {}
+        if "token_accuracy" in by_name:
+            shares["token_accuracy"] = mirage(exact, values[by_name["token_accuracy"]], ell, low, high)
+        if "logprob" in by_name:
+            shares["logprob"] = mirage(exact, np.exp(values[by_name["logprob"]]), ell, low, high)
+        r.scores.update({f"mirage_{k}": v for k, v in shares.items()})
+        name, share = next(((k, v) for k, v in shares.items() if v is not None), (None, None))
+        if share is not None:
+            what = (f"{'token_accuracy' if name == 'token_accuracy' else 'exp(logprob)'}^{ell:g} (the per-token "
+                    f"metric compounded over the answer) reproduces {share:.0%} of the jump across [{low:.4g}, {high:.4g}]")
+            if share >= MIRAGE_EXPLAINED:
+                r.caveats.append(f"metric-induced (Schaeffer et al. 2023): {what}")
+            elif share > MIRAGE_UNEXPLAINED:
+                r.caveats.append(f"partly metric-induced (Schaeffer et al. 2023): {what}; the rest is not the "
+                                 "per-token improvement compounding")
+            else:
+                r.caveats.append(f"not metric-induced (Schaeffer et al. 2023): {what}")
+            return
+    also = [s.column for s, o in continuous if o.verdict.jumps]
+    smooth = [s.column for s, o in continuous if o.verdict == Verdict.SMOOTH]
+    if also:
+        r.caveats.append(f"the continuous {', '.join(also)} of the same task jump(s) too: evidence against a "
+                         "metric artefact")
+    elif smooth:
+        r.caveats.append(f"metric-induced? the discontinuous {spec.column} jumps while the continuous "
+                         f"{', '.join(smooth)} of the same task improve(s) smoothly (Schaeffer et al. 2023)")
+    else:
+        r.caveats.append(f"the call rests on a discontinuous (exact-match) metric, {spec.column}, with no "
+                         "continuous metric of the same task to check it against")
+
+
 def detect_table(source: str, *, x_col: str, y_cols: list[str], stderr_cols: list[str] | None = None,
                  n_items: list[float] | None = None, chance: list[float] | None = None,
                  kinds: list[str] | None = None, answer_tokens: list[float] | None = None,
@@ -58,7 +203,7 @@ def detect_table(source: str, *, x_col: str, y_cols: list[str], stderr_cols: lis
                  _per_metric(chance, y_cols, "chance"), _per_metric(kinds, y_cols, "metric-kind"),
                  _per_metric(answer_tokens, y_cols, "answer-tokens"))]
     results, warn = detect(table, x_col, specs, group_col=group_col, loss_axis=loss_axis, level=level,
-                           bootstrap=bootstrap, seed=seed)
+                           bootstrap=bootstrap, seed=seed)  # checks the columns, then counts the series itself
     tests = series_count(table, x_col, specs, group_col=group_col, loss_axis=loss_axis)
     return results, warn, tests
 

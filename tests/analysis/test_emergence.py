@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.emergence import LEVEL, MetricSpec, analyse_series, big_bench_scores, detect
+from analysis.emergence import LEVEL, MetricSpec, analyse_series, big_bench_scores
+from analysis.emergence_tables import detect
 from analysis.errors import UserError
 
 X = np.logspace(18, 23, 11)  # 11 scales, half a decade apart
