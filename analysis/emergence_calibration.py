@@ -55,13 +55,12 @@ def _scales(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return 10 ** (8 + rng.uniform(2, 6) * t), t
 
 
-def _observe(rng: np.random.Generator, truth: np.ndarray, noise: str, family: str, x: np.ndarray,
-             chance: float | None, step: int | None) -> Draw:
+def _observe(rng: np.random.Generator, truth: np.ndarray, noise: str, items: int, sd: float, family: str,
+             x: np.ndarray, chance: float | None, step: int | None) -> Draw:
+    """The truth seen through ``noise``: a binomial over ``items``, or Gaussian of ``sd``."""
     if noise == "binomial":
-        items = int(rng.choice(ITEMS))
         y = rng.binomial(items, np.clip(truth, 0, 1)) / items
         return Draw(family, x, y, MetricSpec("sim/acc", n_items=items, chance=chance), None, step)
-    sd = float(rng.choice(SDS))
     y = truth + rng.normal(0, sd, len(truth))
     se = np.full(len(truth), sd) if noise == "gaussian" else None
     return Draw(family, x, y, MetricSpec("sim/acc", chance=chance), se, step)
@@ -83,7 +82,9 @@ def smooth_draw(rng: np.random.Generator, noise: str) -> Draw:
     shape = (shape - shape[0]) / (shape[-1] - shape[0])
     truth = lo + rise * shape
     chance = float(truth[0]) if rng.random() < 0.5 else None
-    return _observe(rng, truth, noise, family, x, chance, None)
+    items = int(rng.choice(ITEMS)) if noise == "binomial" else 0
+    sd = float(rng.choice(SDS)) if noise != "binomial" else 0.0
+    return _observe(rng, truth, noise, items, sd, family, x, chance, None)
 
 
 def _step_height(noise: str, base: float, items: int, sd: float, size: float) -> float:
@@ -111,11 +112,7 @@ def step_draw(rng: np.random.Generator, noise: str, size: float = STEP_SIZE) -> 
     items, sd = int(rng.choice(ITEMS)), float(rng.choice(SDS))
     truth = base + _step_height(noise, base, items, sd, size) * (np.arange(n) >= k)
     chance = base if rng.random() < 0.5 else None
-    if noise == "binomial":
-        y = rng.binomial(items, np.clip(truth, 0, 1)) / items
-        return Draw("step", x, y, MetricSpec("sim/acc", n_items=items, chance=chance), None, k)
-    y = truth + rng.normal(0, sd, n)
-    return Draw("step", x, y, MetricSpec("sim/acc", chance=chance), np.full(n, sd) if noise == "gaussian" else None, k)
+    return _observe(rng, truth, noise, items, sd, "step", x, chance, k)
 
 
 def verdict(draw: Draw, level: float = LEVEL):
