@@ -17,6 +17,7 @@ from analysis.points import read_table
 from analysis.records import (
     EVALS,
     TRIALS,
+    ProbeMetric,
     Status,
     Verdict,
     answer_tokens_of,
@@ -111,6 +112,10 @@ def _by_scale(x: np.ndarray, y: np.ndarray) -> pd.Series:
 
 MIRAGE_EXPLAINED = 0.75  # the per-token metric reproduces at least this share of the jump: metric-induced
 MIRAGE_UNEXPLAINED = 0.25  # at most this share: not metric-induced
+# the per-token metrics of the mirage check, in the order it prefers them: (how the caveat writes
+# the per-token probability, that probability from the metric)
+PER_TOKEN = {ProbeMetric.TOKEN_ACCURACY: (ProbeMetric.TOKEN_ACCURACY.value, lambda v: v),
+             ProbeMetric.LOGPROB: (f"exp({ProbeMetric.LOGPROB.value})", np.exp)}
 
 
 def mirage(exact: pd.Series, per_token: pd.Series, answer_tokens: float, low: float, high: float) -> float | None:
@@ -152,20 +157,17 @@ def _metric_caveat(spec: MetricSpec, r: Emergence, continuous: list[tuple[Metric
     length and a per-token metric of the same task are known, else read from the continuous
     metrics' own verdicts."""
     by_name = {capability_name(s.column): s.column for s, _ in continuous}
+    per_token = {m: by_name[m] for m in PER_TOKEN if m in by_name}
     ell = spec.answer_tokens
-    if ell and r.threshold and ("token_accuracy" in by_name or "logprob" in by_name):
+    if ell and r.threshold and per_token:
         low, high = r.threshold["low"], r.threshold["high"]
-        exact = values[spec.column]
-        shares = {}
-        if "token_accuracy" in by_name:
-            shares["token_accuracy"] = mirage(exact, values[by_name["token_accuracy"]], ell, low, high)
-        if "logprob" in by_name:
-            shares["logprob"] = mirage(exact, np.exp(values[by_name["logprob"]]), ell, low, high)
-        r.scores.update({f"mirage_{k}": v for k, v in shares.items()})
-        name, share = next(((k, v) for k, v in shares.items() if v is not None), (None, None))
+        shares = {m: mirage(values[spec.column], PER_TOKEN[m][1](values[column]), ell, low, high)
+                  for m, column in per_token.items()}
+        r.scores.update({f"mirage_{m}": v for m, v in shares.items()})
+        name, share = next(((m, v) for m, v in shares.items() if v is not None), (None, None))
         if share is not None:
-            what = (f"{'token_accuracy' if name == 'token_accuracy' else 'exp(logprob)'}^{ell:g} (the per-token "
-                    f"metric compounded over the answer) reproduces {share:.0%} of the jump across [{low:.4g}, {high:.4g}]")
+            what = (f"{PER_TOKEN[name][0]}^{ell:g} (the per-token metric compounded over the answer) reproduces "
+                    f"{share:.0%} of the jump across [{low:.4g}, {high:.4g}]")
             if share >= MIRAGE_EXPLAINED:
                 r.caveats.append(f"metric-induced (Schaeffer et al. 2023): {what}")
             elif share > MIRAGE_UNEXPLAINED:

@@ -340,6 +340,14 @@ THROUGHPUT = Metric("data_units_per_s", "data units/s", "training throughput so 
 LOOP_METRICS = (TRAIN_LOSS, LR, THROUGHPUT)
 TRAIN_PREFIX = "train_"  # train_<name>: a family's other training losses (a GAN's train_d_loss)
 STDERR_SUFFIX = "_stderr"  # TASK/NAME_stderr: the standard error of TASK/NAME over the items
+class ProbeMetric(Closed):
+    """What the capability probes record for each task (``TASK/NAME``)."""
+
+    EXACT_MATCH = "exact_match", "greedy decoding would produce the answer exactly (discontinuous)"
+    LOGPROB = "logprob", "mean log-probability per answer token, nats (continuous)"
+    TOKEN_ACCURACY = "token_accuracy", "fraction of answer tokens that are the argmax given the correct prefix"
+
+
 CHANCE_SUFFIX = "_chance"  # TASK/NAME_chance: what a uniform guess over the task's answer alphabet scores
 ANSWER_TOKENS = "answer_tokens"  # TASK/answer_tokens: mean tokens per answer (the mirage check's exponent)
 

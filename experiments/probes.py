@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis.records import ANSWER_TOKENS, capability_metric, chance_of, stderr_of
+from analysis.records import ANSWER_TOKENS, ProbeMetric, capability_metric, chance_of, stderr_of
 from experiments.spec import ProbeSpec, ProbeTask
 
 TASKS = get_args(ProbeTask)
@@ -190,14 +190,14 @@ def evaluate_probes(logits_of, spec: ProbeSpec, context: int, device, batch_size
             accuracy.append(((right & mask).sum(dim=1) / count).double().cpu())
             weights.append(count.double().cpu())
         w = torch.cat(weights)
-        for name, per_item in (("exact_match", torch.cat(exact)), ("logprob", torch.cat(logprob)),
-                               ("token_accuracy", torch.cat(accuracy))):
+        for name, per_item in ((ProbeMetric.EXACT_MATCH, torch.cat(exact)), (ProbeMetric.LOGPROB, torch.cat(logprob)),
+                               (ProbeMetric.TOKEN_ACCURACY, torch.cat(accuracy))):
             # token-weighted means (exact match: per item), and the standard error of the mean
             # over items, which the emergence detector uses (TASK/NAME_stderr)
-            weight = torch.ones_like(w) if name == "exact_match" else w
+            weight = torch.ones_like(w) if name is ProbeMetric.EXACT_MATCH else w
             mean = float((per_item * weight).sum() / weight.sum())
             n = len(per_item)
-            if name == "exact_match":  # binomial, p smoothed so that 0% and 100% keep an error
+            if name is ProbeMetric.EXACT_MATCH:  # binomial, p smoothed so that 0% and 100% keep an error
                 p_s = (mean * n + 0.5) / (n + 1)
                 stderr = (p_s * (1 - p_s) / n) ** 0.5
             else:
@@ -213,7 +213,7 @@ def chance_levels(task: str, answer_tokens: torch.Tensor) -> dict[str, float]:
     have ``answer_tokens`` tokens each (module docstring)."""
     size = len(ANSWER_ALPHABETS[task])
     exact = float(torch.mean(torch.pow(torch.tensor(float(size)), -answer_tokens)))
-    return {chance_of(capability_metric(task, "exact_match")): exact,
-            chance_of(capability_metric(task, "logprob")): -math.log(size),
-            chance_of(capability_metric(task, "token_accuracy")): 1.0 / size,
+    return {chance_of(capability_metric(task, ProbeMetric.EXACT_MATCH)): exact,
+            chance_of(capability_metric(task, ProbeMetric.LOGPROB)): -math.log(size),
+            chance_of(capability_metric(task, ProbeMetric.TOKEN_ACCURACY)): 1.0 / size,
             capability_metric(task, ANSWER_TOKENS): float(answer_tokens.mean())}
