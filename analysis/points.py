@@ -97,10 +97,11 @@ def load_points(source: str | Path | pd.DataFrame, *, n_col: str = TRIALS.n_para
     frame = out[keep].reset_index(drop=True)
     if {"N", "D"} <= set(frame.columns):  # a point's runs (its seeds) share an id: the bootstrap keeps them together
         frame["point"] = frame.groupby(["N", "D"], sort=False).ngroup()
-    return Points(frame, int((~keep).sum()), warnings, _flops_form(frame, c_col in table.columns))
+    return Points(frame, int((~keep).sum()), warnings, flops_form(frame, c_col in table.columns))
 
 
-def _flops_form(frame: pd.DataFrame, has_flops: bool) -> FlopsPerUnit:
+def flops_form(frame: pd.DataFrame, has_flops: bool) -> FlopsPerUnit:
+    """What C is for points with columns N, D, C: the table's FLOPs (fitted per data unit) or 6ND."""
     if not has_flops:
         return SIX_ND
     if not {"N", "D", "C"} <= set(frame.columns):  # a compute-only table: C is the table's, no split

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from analysis.errors import UserError
-from analysis.records import TRIALS, NCount, Role, Status
+from analysis.records import EVALS, TRIALS, NCount, Role, Status
 
 SWEEP_BOOTSTRAP = 200  # bootstrap resamples of the fits at the end of a sweep
 
@@ -158,6 +158,23 @@ def _emergence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.store import ResultsStore
+    from analysis.task_tables import TASKS_FILE, Columns, parse_pair, run_tasks, summary
+
+    columns = Columns(n=args.n_col, d=args.d_col, c=args.c_col, run=args.run_col, step=args.step_col,
+                      loss=args.loss_col, acc=args.acc_col, pairs=[parse_pair(t) for t in args.task or []],
+                      task=args.task_col)
+    document = run_tasks(args.source, columns=columns, chance=args.chance, via=args.via_loss, predict=args.predict,
+                         bootstrap=args.bootstrap, seed=args.seed, skip_early=args.skip_early)
+    if Path(args.source).is_dir():  # the report draws the panel from here
+        ResultsStore(args.source).write_json(TASKS_FILE, document)
+    print(json.dumps(document) if args.format == "json" else summary(document))
+    return 0
+
+
 def _submit(args: argparse.Namespace) -> int:
     from cluster.jobs import submit
 
@@ -189,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scalinglab", description="Scaling-law sweeps on Ray + DeepSpeed, fits and reports."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_sweep_parser, _submit_parser, _jobs_parser, _fit_parser, _emergence_parser, _report_parser):
+    for add in (_sweep_parser, _submit_parser, _jobs_parser, _fit_parser, _emergence_parser, _task_parser,
+                _report_parser):
         add(sub)
     return parser
 
@@ -279,6 +297,37 @@ def _emergence_parser(sub) -> None:
     em.add_argument("--seed", type=int, default=0)
     em.add_argument("--format", choices=["text", "json"], default="text")
     em.set_defaults(func=_emergence)
+
+
+def _task_parser(sub) -> None:
+    from analysis.task import SKIP_EARLY
+
+    task = sub.add_parser("task", help="predict a larger model's task accuracy from a ladder: (N, D) -> task loss -> "
+                          "accuracy, with intervals (a sweep's folder or a CSV/Parquet table of checkpoints)")
+    task.add_argument("source", help="a sweep's results folder (every probe task), or a .csv/.parquet table with "
+                      "one row per checkpoint")
+    task.add_argument("--predict", action="append", help="a target: N=1e9,D=2e10, or C=1e21 split compute-optimally "
+                      "by step 1's Chinchilla law (repeatable)")
+    task.add_argument("--via-loss", metavar="COL", help="step 1 through a general loss (loss-to-loss): its Chinchilla "
+                      "law, then task loss as a shifted power law of it (a sweep: an evals metric, e.g. loss)")
+    task.add_argument("--chance", action="append", type=float, help="table: the accuracy's floor (chance level): "
+                      "once, or once per --task (default: fitted; a sweep's probes record theirs)")
+    task.add_argument("--skip-early", type=float, default=SKIP_EARLY, help="step 2 drops each run's checkpoints "
+                      "before this fraction of its final D (default %(default)s)")
+    task.add_argument("--n-col", default=TRIALS.n_params.name)
+    task.add_argument("--d-col", default=TRIALS.data_units.name, help="D trained so far at the checkpoint")
+    task.add_argument("--c-col", default=TRIALS.flops.name, help="FLOPs so far (default %(default)s; absent: 6·N·D)")
+    task.add_argument("--run-col", default=TRIALS.trial_id.name, help="the run a checkpoint belongs to")
+    task.add_argument("--step-col", default=EVALS.step.name, help="orders a run's checkpoints")
+    task.add_argument("--loss-col", help="table: the task loss (e.g. bits per byte of the correct answer)")
+    task.add_argument("--acc-col", help="table: the accuracy, in [0, 1]")
+    task.add_argument("--task", action="append", metavar="LOSS_COL:ACC_COL", help="table: one task's columns "
+                      "(repeatable)")
+    task.add_argument("--task-col", help="table: a long table's task name column (with --loss-col, --acc-col)")
+    task.add_argument("--bootstrap", type=int, default=1000, help="resamples of the runs for intervals (0: off)")
+    task.add_argument("--seed", type=int, default=0)
+    task.add_argument("--format", choices=["text", "json"], default="text")
+    task.set_defaults(func=_task)
 
 
 def _report_parser(sub) -> None:

@@ -10,7 +10,8 @@
 Sections appear when their data exist: the header and trial table always; training curves
 with ``evals.parquet``; the scaling plots, frontier, Chinchilla view and fit table when a
 law could be fitted; IsoFLOP profiles for isoflop sweeps; the emergence panel when the
-evaluation rows hold capability metrics (``TASK/NAME``); sample grids when the folder has
+evaluation rows hold capability metrics (``TASK/NAME``); the task predictions when the
+folder has ``tasks.json`` (``scalinglab task``); sample grids when the folder has
 ``samples/``.
 """
 
@@ -29,6 +30,7 @@ from analysis.report.allocation_figures import chinchilla_contours, frontier_fig
 from analysis.report.data import ReportData, load_results
 from analysis.report.emergence_figures import capability_tasks, emergence_figure
 from analysis.report.figures import scaling_figure, training_curves
+from analysis.report.task_figures import task_figure
 from analysis.results import FitResult
 from analysis.store import ResultsStore
 
@@ -65,7 +67,7 @@ def saved_fits(folder: str | Path) -> list[FitResult] | None:
 
 def report_figures(data: ReportData, fits: list[FitResult]) -> dict[str, go.Figure]:
     """Every figure the data support, keyed by section: ``curves``, ``scaling_N``/``_D``/``_C``,
-    ``isoflop``, ``frontier``, ``contours``, ``residuals``, ``emergence_<task>``."""
+    ``isoflop``, ``frontier``, ``contours``, ``residuals``, ``emergence_<task>``, ``task_<i>``."""
     t, by_law = data.trials, {f.law: f for f in fits}
     figs: dict[str, go.Figure] = {}
     if data.evals is not None and (data.evals[EVALS.metric] == LOSS).any():
@@ -86,7 +88,20 @@ def report_figures(data: ReportData, fits: list[FitResult]) -> dict[str, go.Figu
         figs["residuals"] = residuals_figure(t, fits)
     for task in capability_tasks(data.evals):
         figs[f"emergence_{task}"] = emergence_figure(t, data.evals, task, flags=data.emergence)
+    ladders = _ladders(data) if data.tasks else {}
+    for i, doc in enumerate(data.tasks or []):
+        figs[f"task_{i}"] = task_figure(doc, ladders.get(doc.get("task")))
     return figs
+
+
+def _ladders(data: ReportData) -> dict:
+    """The checkpoints behind tasks.json, by task (none when the tables no longer hold them)."""
+    from analysis.task_tables import sweep_ladders
+
+    try:
+        return {ladder.task: ladder for ladder in sweep_ladders(data.trials, data.evals)}
+    except UserError:
+        return {}
 
 
 SECTIONS = [  # (title, figure keys or a table builder), in page order
@@ -97,6 +112,7 @@ SECTIONS = [  # (title, figure keys or a table builder), in page order
     ("Chinchilla law", ["contours", "residuals"]),
     ("Fits", "fit_table"),
     ("Emergence", "emergence"),
+    ("Task predictions", "tasks"),
     ("Samples", "samples"),
 ]
 
@@ -109,8 +125,9 @@ def build_report(data: ReportData, fits: list[FitResult], fit_error: str | None 
             inner = html.trial_table(data.trials)
         elif what == "fit_table":
             inner = html.fit_table(fits) if fits else ""
-        elif what == "emergence":
-            inner = "".join(html.figure_div(k, f) for k, f in figs.items() if k.startswith("emergence_"))
+        elif what in ("emergence", "tasks"):
+            prefix = "emergence_" if what == "emergence" else "task_"
+            inner = "".join(html.figure_div(k, f) for k, f in figs.items() if k.startswith(prefix))
         elif what == "samples":
             inner = html.sample_grids(data) if data.samples else ""
         else:

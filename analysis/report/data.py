@@ -3,7 +3,7 @@
 A results folder (a local folder or a storage URI, read through ``analysis.store``) holds
 ``trials.parquet`` (required), and when present ``evals.parquet``, ``spec.yaml``, ``run.json``
 (the driver's record of each run: Ray's resources, start and wall time), ``emergence.json``
-(the emergence detector's results) and sample images under ``samples/<trial_id>/*.png``
+(the emergence detector's results), ``tasks.json`` (``scalinglab task``'s predictions) and sample images under ``samples/<trial_id>/*.png``
 (written by families with artifacts: a PNG per grid, the file name its caption).
 """
 
@@ -18,6 +18,7 @@ from analysis.emergence_tables import EMERGENCE_FILE
 from analysis.errors import UserError
 from analysis.records import EVALS, RUNS_FILE, SAMPLES_DIR, SPEC_FILE, TRIALS
 from analysis.store import ResultsStore
+from analysis.task_tables import TASKS_FILE
 
 
 @dataclass
@@ -28,6 +29,7 @@ class ReportData:
     spec_text: str | None = None
     runs: list[dict] = field(default_factory=list)
     emergence: list[dict] | None = None
+    tasks: list[dict] | None = None
     # trial_id -> [(caption, PNG bytes)]
     samples: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict, repr=False)
 
@@ -47,6 +49,7 @@ def load_results(folder: str | Path) -> ReportData:
         spec_text=store.read_bytes(SPEC_FILE).decode(errors="replace") if store.exists(SPEC_FILE) else None,
         runs=_json(store, RUNS_FILE).get("runs", []),
         emergence=_json(store, EMERGENCE_FILE).get("results"),
+        tasks=_json(store, TASKS_FILE).get("tasks"),
         samples=_samples(store),
     )
 

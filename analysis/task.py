@@ -1,0 +1,476 @@
+"""Task-performance prediction: from a ladder's losses to a larger model's accuracy on a task,
+in two steps (Bhagia et al. 2024, "Establishing Task Scaling Laws via Compute-Efficient Model
+Ladders"):
+
+1. **Task loss as a law of (N, D)**, fitted on each run's final checkpoint by the fitter of
+   ``scalinglab fit``: Chinchilla L = E + A/N^α + B/D^β, or on a ladder with fewer than 3
+   distinct D the law in N alone. With a general loss (``via``: loss-to-loss, Brandfonbrener
+   et al. 2024) the general loss gets that law, and the task loss follows it as a shifted
+   power law, task = E_t + K·(L − E)^κ, E the general law's irreducible loss.
+2. **Accuracy as a sigmoid of task loss**, acc = floor + height / (1 + exp((L − mid)/scale)):
+   the floor at chance when it is known (else fitted, ≥ 0), the ceiling floor + height ≤ 1,
+   fitted on every checkpoint of every run after its earliest ``skip_early`` fraction.
+
+Intervals come from K bootstrap resamples of the runs (a run's checkpoints stay together):
+each resample refits both steps, and a prediction's interval holds the 2.5–97.5th percentiles
+of its K chained values. A sigmoid is fitted by variable projection (exact constrained least
+squares in floor and height on a grid of mid and scale, refined twice around each resample's
+best cell), vectorised over the resamples: no starting values, no optimiser to fail on one draw.
+
+Two checks say when not to trust a prediction:
+- **noise**: the checkpoint-to-checkpoint spread of accuracy in each run's last part (the
+  residual sd about a line in D over its last ``TAIL_FRACTION`` of training, with 3 or more
+  checkpoints there), against the spread (sd) of the runs' final accuracies across the
+  ladder; below ``SNR_MIN`` the
+  ladder's accuracies are mostly noise and the task is marked ``predictable: false``
+  (the signal-to-noise view of Heineman et al. 2025, "Signal and Noise");
+- **reach**: the share of the sigmoid's rise the ladder reaches (the fitted curve at its lowest
+  task loss) against the share a target needs; a target more than ``REACH_GAP`` beyond is
+  read off a part of the curve no checkpoint constrains, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.compute import SIX_ND, FlopsPerUnit
+from analysis.errors import UserError
+from analysis.laws import LAWS, fit_lse_law, law_value, resample_weights, split_of
+from analysis.points import Points
+from analysis.results import FitResult, Interval
+
+SKIP_EARLY = 0.1  # step 2 drops each run's checkpoints before this fraction of its final D
+TAIL_FRACTION = 0.3  # the noise check's "last part" of a run: D from (1 - this) x its final D
+SNR_MIN = 3.0  # below this, the ladder's spread of accuracy is too close to checkpoint noise
+REACH_GAP = 0.25  # a target this share of the sigmoid's rise beyond the ladder is warned about
+HELD_OUT_SHARE = 0.1  # the held-out check leaves out this share of the runs (at least one), largest C first
+SIGMOID = ("floor", "height", "mid", "scale")
+LOSS_TO_LOSS = ("E_task", "K", "kappa")
+
+
+@dataclass
+class Ladder:
+    """One task's checkpoints: a frame with columns ``run``, ``step``, ``N``, ``D``, ``C``,
+    ``loss`` (the task loss), ``acc``; for loss-to-loss ``general`` (the general loss); and
+    where recorded ``stderr``, the accuracy's standard error over the task's items."""
+
+    task: str
+    frame: pd.DataFrame
+    chance: float | None = None
+    flops: FlopsPerUnit = SIX_ND
+    dropped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def finals(self) -> pd.DataFrame:
+        """Each run's final checkpoint, one row per run in the order of ``run_index``."""
+        f = self.frame.sort_values(["run", "step"]).groupby("run", sort=True).tail(1)
+        return f.sort_values("run").reset_index(drop=True)
+
+
+# --- step 2: the sigmoid ----------------------------------------------------------------------
+
+def sigmoid(params: np.ndarray, loss) -> np.ndarray:
+    """Accuracy at task ``loss`` of sigmoid ``params`` (floor, height, mid, scale): [4] with any
+    ``loss``, or [K, 4] draws with [K] losses, one per draw."""
+    p = np.asarray(params, dtype=float)
+    return p[..., 0] + p[..., 1] * _falling(np.asarray(loss, dtype=float), p[..., 2], p[..., 3])
+
+
+def _falling(loss, mid, scale):
+    """1 / (1 + exp((loss − mid)/scale)): 1 at low loss, 0 at high."""
+    return 1.0 / (1.0 + np.exp(np.clip((loss - mid) / scale, -50.0, 50.0)))
+
+
+def fit_sigmoid(loss: np.ndarray, acc: np.ndarray, weights: np.ndarray, floor: float | None) -> np.ndarray:
+    """The least-squares sigmoid for each row of ``weights`` [K, n] (a resample's copies of each
+    checkpoint): [K, 4] (floor, height, mid, scale). ``floor`` fixed when given."""
+    loss, acc = np.asarray(loss, float), np.asarray(acc, float)
+    weights = np.atleast_2d(np.asarray(weights, float))
+    lo, hi = float(loss.min()), float(loss.max())
+    span = (hi - lo) or 1.0
+    mids = np.linspace(lo - 2.0 * span, hi + span, 61)
+    scales = np.geomspace(span / 100.0, 3.0 * span, 30)
+    mid_g, scale_g = (g.ravel() for g in np.meshgrid(mids, scales, indexing="ij"))
+    s = _falling(loss[None, :], mid_g[:, None], scale_g[:, None])  # [G, n], the same for every draw
+    sums = _sums(weights, acc, s[None], shared=True)
+    best = _best_cells(sums, floor)
+    mid, scale = mid_g[best["cell"]], scale_g[best["cell"]]
+    step_mid, ratio = mids[1] - mids[0], scales[1] / scales[0]
+    for shrink in (1.0, 0.25):  # twice: a 7 x 7 grid around each draw's best cell
+        offsets = np.linspace(-shrink, shrink, 7)
+        m = (mid[:, None, None] + step_mid * offsets[None, :, None]).repeat(7, axis=2).reshape(len(mid), -1)
+        sc = (scale[:, None, None] * ratio ** offsets[None, None, :]).repeat(7, axis=1).reshape(len(mid), -1)
+        best = {k: [] for k in ("cell", "floor", "height")}
+        picked_mid, picked_scale = [], []
+        for chunk in np.array_split(np.arange(len(mid)), max(1, len(mid) // 128)):
+            s_local = _falling(loss[None, None, :], m[chunk, :, None], sc[chunk, :, None])  # [k, 49, n]
+            b = _best_cells(_sums(weights[chunk], acc, s_local, shared=False), floor)
+            picked_mid.append(np.take_along_axis(m[chunk], b["cell"][:, None], 1)[:, 0])
+            picked_scale.append(np.take_along_axis(sc[chunk], b["cell"][:, None], 1)[:, 0])
+            for k in ("floor", "height"):
+                best[k].append(b[k])
+        mid, scale = np.concatenate(picked_mid), np.concatenate(picked_scale)
+        best = {k: np.concatenate(v) for k, v in best.items() if v}
+    return np.stack([best["floor"], best["height"], mid, scale], axis=1)
+
+
+def _sums(w: np.ndarray, y: np.ndarray, s: np.ndarray, *, shared: bool) -> dict:
+    """Weighted sums of the least-squares problem y ≈ f + h·s per draw and grid cell: [K, G].
+    ``s`` is [1, G, n] (one grid for all draws) or [K, G, n]."""
+    if shared:
+        s2 = s[0]
+        mm = lambda a: w @ a.T  # noqa: E731  [K, n] x [n, G]
+        return {"w": w.sum(1)[:, None], "s": mm(s2), "ss": mm(s2 * s2), "y": (w @ y)[:, None],
+                "sy": mm(s2 * y), "yy": (w @ (y * y))[:, None]}
+    mm = lambda a: np.einsum("kn,kgn->kg", w, a)  # noqa: E731
+    return {"w": w.sum(1)[:, None], "s": mm(s), "ss": mm(s * s), "y": (w @ y)[:, None],
+            "sy": mm(s * y), "yy": (w @ (y * y))[:, None]}
+
+
+def _best_cells(t: dict, floor: float | None) -> dict:
+    """Per draw, the grid cell whose exact constrained fit (0 ≤ floor, 0 ≤ height, floor +
+    height ≤ 1; or floor fixed) has the least squared error, and that fit's floor and height."""
+    def sse(f, h):  # with the ridge's 1e-9·w·h² included
+        return t["yy"] - 2 * f * t["y"] - 2 * h * t["sy"] + f * f * t["w"] + 2 * f * h * t["s"] + h * h * t["ss"]
+
+    # A ridge on the height: where the curve is flat over every checkpoint (its rise lies
+    # beyond them), the height has no evidence, and it is 0 rather than anything.
+    t = {**t, "ss": t["ss"] + 1e-9 * t["w"]}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if floor is not None:
+            f = np.full_like(t["s"], floor)
+            h = np.clip(np.nan_to_num((t["sy"] - floor * t["s"]) / t["ss"]), 0.0, max(0.0, 1.0 - floor))
+            err = sse(f, h)
+        else:  # a convex quadratic on a triangle: the interior optimum, else the best edge's
+            det = t["w"] * t["ss"] - t["s"] ** 2
+            fu = (t["ss"] * t["y"] - t["s"] * t["sy"]) / det
+            hu = (t["w"] * t["sy"] - t["s"] * t["y"]) / det
+            inside = (det > 1e-12 * t["w"] * t["ss"]) & (fu >= 0) & (hu >= 0) & (fu + hu <= 1)
+            h0 = np.clip(np.nan_to_num(t["sy"] / t["ss"]), 0, 1)  # floor 0
+            f1 = np.clip(np.nan_to_num(t["y"] / t["w"]), 0, 1)  # height 0
+            f2 = np.clip(np.nan_to_num((t["y"] - t["s"] - t["sy"] + t["ss"]) / (t["w"] - 2 * t["s"] + t["ss"])), 0, 1)
+            cands = [(np.where(inside, fu, 0.0), np.where(inside, hu, 0.0)), (np.zeros_like(h0), h0),
+                     (f1, np.zeros_like(f1)), (f2, 1 - f2)]
+            errs = np.stack([np.where(inside, sse(*cands[0]), np.inf)] + [sse(*c) for c in cands[1:]])
+            pick = np.argmin(errs, axis=0)
+            f = np.choose(pick, [c[0] for c in cands])
+            h = np.choose(pick, [c[1] for c in cands])
+            err = np.min(errs, axis=0)
+    cell = np.argmin(err, axis=1)
+    rows = np.arange(len(cell))
+    return {"cell": cell, "floor": f[rows, cell], "height": h[rows, cell]}
+
+
+# --- step 1 with a general loss: loss-to-loss ------------------------------------------------
+
+def fit_loss_to_loss(general: np.ndarray, task: np.ndarray, e_general: np.ndarray,
+                     weights: np.ndarray) -> np.ndarray:
+    """task ≈ E_t + K·(general − E)^κ per draw (``e_general`` [K], ``weights`` [K, n]): exact
+    least squares in E_t ≥ 0 and K ≥ 0 on a grid of κ, refined twice: [K, 3] (E_t, K, κ)."""
+    weights = np.atleast_2d(weights)
+    excess = np.maximum(general[None, :] - np.asarray(e_general, float).reshape(-1, 1), 1e-12)  # [K, n]
+    log_excess = np.log(excess)
+    kappas = np.broadcast_to(np.geomspace(0.05, 20.0, 60), (len(weights), 60))
+    ratio = kappas[0, 1] / kappas[0, 0]
+    rows = np.arange(len(weights))
+    for _ in range(3):
+        x = np.exp(np.clip(kappas[:, :, None] * log_excess[:, None, :], -700, 700))  # [K, G, n]
+        w = weights[:, None, :]
+        t = {"w": w.sum(-1), "x": (w * x).sum(-1), "xx": (w * x * x).sum(-1), "y": (w * task).sum(-1),
+             "xy": (w * x * task).sum(-1), "yy": (w * task * task).sum(-1)}
+        e, k, err = _nonnegative_line(t)
+        best = np.argmin(err, axis=1)
+        out = np.stack([e[rows, best], k[rows, best], kappas[rows, best]], axis=1)
+        kappas = out[:, 2:3] * ratio ** np.linspace(-1, 1, 11)[None, :]
+        ratio = ratio ** 0.2
+    return out
+
+
+def _nonnegative_line(t: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(e, k, squared error) of y ≈ e + k·x with e, k ≥ 0, from the weighted sums ``t``: the
+    unconstrained optimum where it is feasible, else the better edge's."""
+    def sse(e, k):
+        return t["yy"] - 2 * e * t["y"] - 2 * k * t["xy"] + e * e * t["w"] + 2 * e * k * t["x"] + k * k * t["xx"]
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        det = t["w"] * t["xx"] - t["x"] ** 2
+        k_u = np.nan_to_num((t["w"] * t["xy"] - t["x"] * t["y"]) / det)
+        e_u = np.nan_to_num((t["y"] - k_u * t["x"]) / t["w"])
+        k_0 = np.clip(np.nan_to_num(t["xy"] / t["xx"]), 0, None)  # e = 0
+        e_0 = np.clip(t["y"] / t["w"], 0, None)  # k = 0
+    cands = [(e_u, k_u), (np.zeros_like(k_0), k_0), (e_0, np.zeros_like(e_0))]
+    errs = np.stack([np.where((e_u >= 0) & (k_u >= 0), sse(e_u, k_u), np.inf), sse(*cands[1]), sse(*cands[2])])
+    errs = np.where(np.isfinite(errs), errs, np.inf)
+    pick = np.argmin(errs, axis=0)
+    return np.choose(pick, [c[0] for c in cands]), np.choose(pick, [c[1] for c in cands]), errs.min(axis=0)
+
+
+def loss_to_loss(params: np.ndarray, general, e_general) -> np.ndarray:
+    p = np.asarray(params, float)
+    excess = np.maximum(np.asarray(general, float) - np.asarray(e_general, float), 1e-12)
+    return p[..., 0] + p[..., 1] * excess ** p[..., 2]
+
+
+# --- the two steps together -------------------------------------------------------------------
+
+@dataclass
+class TwoStep:
+    """Both steps fitted, with their bootstrap draws (None without a bootstrap)."""
+
+    law: FitResult  # the task loss's law, or with ``via`` the general loss's
+    sigmoid: np.ndarray  # [4]
+    sigmoid_draws: np.ndarray | None  # [K, 4]
+    l2l: np.ndarray | None = None  # [3] loss-to-loss, with ``via``
+    l2l_draws: np.ndarray | None = None
+
+    def task_loss(self, x: dict, draws: bool = False):
+        """Task loss at ``x`` (N, D as the law needs; floats, or [K] arrays of per-draw values
+        when ``draws``): a float, or [K] draws."""
+        if draws:
+            params = {k: np.asarray(v, float) for k, v in self.law.samples.items() if k in self.law.params}
+        else:
+            params = {k: v.value for k, v in self.law.params.items()}
+        value = law_value(self.law.law, params, **x)
+        if self.l2l is None:
+            return value
+        e = params.get("E", 0.0)
+        return loss_to_loss(self.l2l_draws if draws else self.l2l, value, e)
+
+    def accuracy(self, task_loss, draws: bool = False):
+        return sigmoid(self.sigmoid_draws, task_loss) if draws else float(sigmoid(self.sigmoid, task_loss))
+
+
+def law_for(finals: pd.DataFrame) -> tuple[str | None, str]:
+    """(the step-1 law, why) for a ladder's final checkpoints: Chinchilla with >= 3 distinct N
+    and D, else the law in N (or D) alone, else None."""
+    n, d = finals["N"].nunique(), finals["D"].nunique()
+    if n >= 3 and d >= 3:
+        return "chinchilla", "L(N, D) on each run's final checkpoint"
+    if n >= 3:
+        return "power_N", f"only {d} distinct D: L(N) at the ladder's D, which a target's D cannot move"
+    if d >= 3:
+        return "power_D", f"only {n} distinct N: L(D) at the ladder's N, which a target's N cannot move"
+    return None, f"needs >= 3 distinct N or D among the runs (has {n} N and {d} D)"
+
+
+def fit_two_steps(ladder: Ladder, runs: np.ndarray, *, law: str, via: bool, bootstrap: int, seed: int,
+                  skip_early: float, check_resamples: int = 4) -> TwoStep:
+    """Both steps on the runs ``runs`` (indices into ``ladder.finals()``), with ``bootstrap``
+    resamples of those runs shared by the two steps."""
+    finals = ladder.finals().iloc[runs].reset_index(drop=True)
+    rows = _step2_rows(ladder, skip_early)
+    rows = rows[rows["run"].isin(finals["run"])]
+    run_index = pd.Index(finals["run"]).get_indexer(rows["run"])  # checkpoint -> its run's position
+    pts = Points(pd.DataFrame({"N": finals["N"], "D": finals["D"], "C": finals["C"],
+                               "loss": finals["general" if via else "loss"], "point": np.arange(len(finals))}),
+                 flops=ladder.flops)
+    # fit_lse_law resamples pts' "point" ids (0..R-1) by resample_weights(·, bootstrap, seed): the
+    # same call below gives step 2 the same runs, so every draw refits both steps on one resample
+    fit = fit_lse_law(LAWS[law], pts, bootstrap=bootstrap, seed=seed, held_out=False,
+                      check_resamples=check_resamples)
+    w_runs = resample_weights(np.arange(len(finals)), bootstrap, seed) if bootstrap else None
+    loss, acc = rows["loss"].to_numpy(float), rows["acc"].to_numpy(float)
+    sig = fit_sigmoid(loss, acc, np.ones((1, len(rows))), ladder.chance)[0]
+    sig_draws = None if w_runs is None else fit_sigmoid(loss, acc, w_runs[:, run_index], ladder.chance)
+    out = TwoStep(fit, sig, sig_draws)
+    if via:
+        general, task = finals["general"].to_numpy(float), finals["loss"].to_numpy(float)
+        e = fit.params["E"].value if "E" in fit.params else 0.0
+        out.l2l = fit_loss_to_loss(general, task, np.array([e]), np.ones((1, len(finals))))[0]
+        if w_runs is not None:
+            e_draws = np.asarray(fit.samples["E"], float) if "E" in fit.params else np.zeros(bootstrap)
+            out.l2l_draws = fit_loss_to_loss(general, task, e_draws, w_runs)
+    return out
+
+
+def _step2_rows(ladder: Ladder, skip_early: float) -> pd.DataFrame:
+    f = ladder.frame
+    final_d = f.groupby("run")["D"].transform("max")
+    return f[f["D"] >= skip_early * final_d].reset_index(drop=True)
+
+
+# --- the checks ----------------------------------------------------------------------------
+
+def noise_check(ladder: Ladder) -> dict:
+    """Checkpoint noise against the ladder's spread (module docstring). Runs with fewer than 3
+    checkpoints in their last part (a sweep's log-spaced evaluation points) cannot show it;
+    when none can, the checkpoints' recorded item standard error (``stderr``) stands in."""
+    ss, dof, measured = 0.0, 0, 0
+    for _, run in ladder.frame.sort_values("step").groupby("run"):
+        tail = run[run["D"] >= (1 - TAIL_FRACTION) * run["D"].max()]
+        if len(tail) < 3 or tail["D"].nunique() < 2:
+            continue
+        x, y = tail["D"].to_numpy(float), tail["acc"].to_numpy(float)
+        resid = y - np.polyval(np.polyfit(x / x.max(), y, 1), x / x.max())
+        ss, dof, measured = ss + float(resid @ resid), dof + len(tail) - 2, measured + 1
+    finals = ladder.finals()
+    spread = float(np.std(finals["acc"], ddof=1)) if len(finals) > 1 else float("nan")
+    out = {"checkpoint_sd": None, "source": None, "ladder_sd": spread, "snr": None, "snr_min": SNR_MIN,
+           "runs_measured": measured, "tail_fraction": TAIL_FRACTION}
+    if dof > 0:
+        out.update(checkpoint_sd=math.sqrt(ss / dof), source="checkpoint-to-checkpoint residuals about a line in D "
+                   f"over each run's last {TAIL_FRACTION:.0%} of training")
+    elif "stderr" in finals and finals["stderr"].notna().any():
+        out.update(checkpoint_sd=float(np.sqrt(np.nanmean(finals["stderr"] ** 2))),
+                   source=f"the items' standard error at the final checkpoints (no run has 3 checkpoints in its last "
+                   f"{TAIL_FRACTION:.0%} of training; checkpoint-to-checkpoint noise can only be larger)")
+    if out["checkpoint_sd"] is not None:
+        out["snr"] = spread / out["checkpoint_sd"] if out["checkpoint_sd"] > 0 else float("inf")
+    return out
+
+
+def _reach(two: TwoStep, ladder_low_loss: float, target_loss: float) -> tuple[float, float]:
+    """(share of the sigmoid's rise at the ladder's lowest task loss, at the target's)."""
+    floor, height, mid, scale = two.sigmoid
+    return float(_falling(ladder_low_loss, mid, scale)), float(_falling(target_loss, mid, scale))
+
+
+# --- one task, start to end ----------------------------------------------------------------
+
+def predict_task(ladder: Ladder, targets: list[dict], *, via: bool = False, bootstrap: int = 1000, seed: int = 0,
+                 skip_early: float = SKIP_EARLY, held_out: bool = True, check_resamples: int = 4) -> dict:
+    """Fit both steps to ``ladder`` and predict ``targets`` ({"N", "D"} or {"C"}): the task's
+    JSON document (docs/tasks.md). ``check_resamples``: step 1's check of its warm-started
+    bootstrap refits against cold grid fits (``analysis.laws``; about 1 s each)."""
+    if not 0 <= skip_early < 1:
+        raise UserError(f"--skip-early {skip_early}: expected a fraction in [0, 1)")
+    finals = ladder.finals()
+    doc = {"task": ladder.task, "n_runs": int(len(finals)), "n_checkpoints": int(len(ladder.frame)),
+           "dropped": ladder.dropped, "chance": ladder.chance, "step1": None, "step2": None,
+           "noise": noise_check(ladder), "predictable": True, "reasons": [], "warnings": list(ladder.warnings),
+           "predictions": [], "held_out": None}
+    law, why = law_for(finals)
+    if law is None or len(finals) < len(LAWS[law].param_names) + 1:
+        doc["predictable"] = False
+        doc["reasons"].append(f"step 1 cannot be fitted: {why if law is None else f'{len(finals)} runs'}")
+        return doc
+    noise = doc["noise"]
+    if noise["snr"] is None:
+        doc["warnings"].append(f"noise not checked: no run has 3 checkpoints in its last {TAIL_FRACTION:.0%} of "
+                               "training, and the table records no standard error")
+    elif noise["snr"] < SNR_MIN:
+        doc["predictable"] = False
+        doc["reasons"].append(
+            f"too noisy: the runs' final accuracies spread by {noise['ladder_sd']:.3g} (sd), only "
+            f"{noise['snr']:.2f}x the checkpoint-to-checkpoint noise {noise['checkpoint_sd']:.3g} (needs {SNR_MIN:g}x)")
+    two = fit_two_steps(ladder, np.arange(len(finals)), law=law, via=via, bootstrap=bootstrap, seed=seed,
+                        skip_early=skip_early, check_resamples=check_resamples)
+    rows = _step2_rows(ladder, skip_early)
+    doc["step1"] = _step1_doc(two, law, why, finals, via)
+    fitted = sigmoid(two.sigmoid, rows["loss"].to_numpy(float))
+    acc = rows["acc"].to_numpy(float)
+    doc["step2"] = {
+        "form": "floor + height / (1 + exp((task_loss - mid) / scale))",
+        "params": {k: Interval.from_samples(two.sigmoid[i], None if two.sigmoid_draws is None
+                                            else two.sigmoid_draws[:, i]).to_json() for i, k in enumerate(SIGMOID)},
+        "floor_fixed": ladder.chance is not None, "checkpoints": int(len(rows)), "skip_early": skip_early,
+        "r2": _r2(acc, fitted), "task_loss_range": [float(rows["loss"].min()), float(rows["loss"].max())],
+        "accuracy_range": [float(acc.min()), float(acc.max())],
+    }
+    for target in targets:
+        doc["predictions"].append(_prediction(two, law, via, target, ladder, finals, doc["warnings"]))
+    doc["step2"]["curve"] = _curve(two, rows["loss"].to_numpy(float), doc["predictions"])
+    if held_out:
+        doc["held_out"] = _held_out(ladder, finals, law=law, via=via, skip_early=skip_early)
+    return doc
+
+
+def _step1_doc(two: TwoStep, law: str, why: str, finals: pd.DataFrame, via: bool) -> dict:
+    fit = two.law
+    out = {"law": law, "fitted_on": why, "params": {k: v.to_json() for k, v in fit.params.items()},
+           "r2_log": fit.r2_log, "warnings": fit.warnings}
+    if via:
+        task = finals["loss"].to_numpy(float)
+        pred = two.task_loss({v: finals[v].to_numpy(float) for v in LAWS[law].variables})
+        out = {"law": "loss_to_loss", "form": "task_loss = E_task + K * (general_loss - E)^kappa",
+               "params": {k: Interval.from_samples(two.l2l[i], None if two.l2l_draws is None
+                                                   else two.l2l_draws[:, i]).to_json()
+                          for i, k in enumerate(LOSS_TO_LOSS)},
+               "r2_log": _r2(np.log(task), np.log(pred)), "warnings": [], "general": out}
+    return out
+
+
+def _prediction(two: TwoStep, law: str, via: bool, target: dict, ladder: Ladder, finals: pd.DataFrame,
+                warnings: list[str]) -> dict:
+    point: dict = {}
+    if {"N", "D"} <= set(target):
+        point = {"N": target["N"], "D": target["D"], "C": float(ladder.flops(target["N"])) * target["D"]}
+        x = {v: point[v] for v in LAWS[law].variables}
+        x_draws = x
+    elif "C" in target and law == "chinchilla":  # split compute-optimally, each draw by its own law
+        c = np.array([target["C"]])
+        split = split_of(two.law, c)
+        point = {"N": float(split["N"][0]), "D": float(split["D"][0]), "C": float(target["C"])}
+        x = {"N": point["N"], "D": point["D"]}
+        drawn = split_of(two.law, c, draws=True)
+        x_draws = x if drawn is None else {"N": drawn["N"][:, 0], "D": drawn["D"][:, 0]}
+    else:
+        raise UserError(f"--predict {target}: needs N and D (a C alone needs the Chinchilla law in step 1; "
+                        f"this ladder's is {law})")
+    loss = float(two.task_loss(x))
+    acc = two.accuracy(loss)
+    out = {**point, "task_loss": Interval.from_samples(loss, None), "accuracy": Interval.from_samples(acc, None)}
+    if two.sigmoid_draws is not None:
+        loss_draws = two.task_loss(x_draws, draws=True)
+        out["task_loss"] = Interval.from_samples(loss, loss_draws)
+        out["accuracy"] = Interval.from_samples(acc, two.accuracy(loss_draws, draws=True))
+    reach = {v: point[v] / float(finals[v].max()) for v in ("N", "D", "C")}
+    out["extrapolation"] = max(reach.values())
+    out["extrapolation_by_axis"] = reach
+    ladder_share, target_share = _reach(two, float(_step2_low(ladder)), loss)
+    out["sigmoid_share"] = {"ladder": ladder_share, "target": target_share}
+    if target_share - ladder_share > REACH_GAP:
+        warnings.append(
+            f"target N={point['N']:.3g}, D={point['D']:.3g}: it needs {target_share:.0%} of the sigmoid's rise, the "
+            f"ladder reaches {ladder_share:.0%}: the accuracy is read off a part of the curve no checkpoint "
+            "constrains (its interval says how little the ladder pins it)")
+    if law != "chinchilla":
+        fixed = "D" if law == "power_N" else "N"
+        if not np.isclose(point[fixed], finals[fixed].max(), rtol=0.05):
+            warnings.append(f"target {fixed}={point[fixed]:.3g}: the ladder has one {fixed} "
+                            f"({finals[fixed].max():.3g}); step 1's {law} law cannot say what another {fixed} does")
+    return {k: v.to_json() if isinstance(v, Interval) else v for k, v in out.items()}
+
+
+def _curve(two: TwoStep, loss: np.ndarray, predictions: list[dict]) -> dict:
+    """The sigmoid over the ladder's task losses and the predictions', with its 95% band."""
+    lows = [p["task_loss"]["low"] for p in predictions if p["task_loss"]["low"] is not None]
+    grid = np.linspace(min([float(loss.min())] + lows), float(loss.max()), 60)
+    out = {"task_loss": grid.tolist(), "accuracy": sigmoid(two.sigmoid, grid).tolist(), "low": None, "high": None}
+    if two.sigmoid_draws is not None:
+        low, high = np.percentile(sigmoid(two.sigmoid_draws[:, None, :], grid), [2.5, 97.5], axis=0)
+        out.update(low=low.tolist(), high=high.tolist())
+    return out
+
+
+def _step2_low(ladder: Ladder) -> float:
+    return float(ladder.frame["loss"].min())
+
+
+def _held_out(ladder: Ladder, finals: pd.DataFrame, *, law: str, via: bool, skip_early: float) -> dict | None:
+    """Refit both steps without the largest-compute runs and predict their final task loss and
+    accuracy at their own (N, D)."""
+    order = np.argsort(finals["C"].to_numpy(float), kind="stable")
+    n_out = max(1, int(len(finals) * HELD_OUT_SHARE))
+    train, test = order[:-n_out], order[-n_out:]
+    train_finals = finals.iloc[train]
+    if law_for(train_finals)[0] != law or len(train) < len(LAWS[law].param_names) + 2:
+        return None
+    two = fit_two_steps(ladder, train, law=law, via=via, bootstrap=0, seed=0, skip_early=skip_early,
+                        check_resamples=0)
+    held = finals.iloc[test]
+    loss = np.atleast_1d(two.task_loss({v: held[v].to_numpy(float) for v in LAWS[law].variables}))
+    acc = np.array([two.accuracy(v) for v in loss])
+    return {"n_held_out": int(n_out), "min_C_held_out": float(held["C"].min()),
+            "task_loss_max_abs_rel_error": float(np.max(np.abs(loss / held["loss"].to_numpy(float) - 1))),
+            "accuracy_max_abs_error": float(np.max(np.abs(acc - held["acc"].to_numpy(float)))),
+            "accuracy_mean_abs_error": float(np.mean(np.abs(acc - held["acc"].to_numpy(float))))}
+
+
+def _r2(y: np.ndarray, fitted: np.ndarray) -> float | None:
+    ss = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - float(((y - fitted) ** 2).sum()) / ss if ss > 0 else None
