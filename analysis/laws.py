@@ -84,7 +84,9 @@ def law_value(law: str, params: dict, **x) -> np.ndarray:
 def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: int = 0,
                 predict: list[dict] | None = None, top_k: int | None = 32,
                 check_resamples: int = 4, workers: int | None = None, warm: bool = True,
-                held_out: bool = True) -> FitResult:
+                held_out: bool = True, weights: np.ndarray | None = None) -> FitResult:
+    """Fit ``spec`` to ``points`` with ``bootstrap`` resamples of its points (a point's seeds
+    together), or of the given resample ``weights`` [bootstrap, rows] (copies of each row)."""
     df = points.frame
     n_params = len(spec.param_names)
     if len(df) < n_params + 1:
@@ -98,7 +100,7 @@ def fit_lse_law(spec: LawSpec, points: Points, *, bootstrap: int = 1000, seed: i
     groups = df["point"].to_numpy() if "point" in df else np.arange(len(df))
     if bootstrap > 0:
         samples, check = _bootstrap(logx, logy, spec.with_e, best, bootstrap, seed, top_k,
-                                    check_resamples, workers, warm, groups)
+                                    check_resamples, workers, warm, groups, weights)
     values = natural(spec, best)
     nat_samples = None if samples is None else natural(spec, samples)
     params = {name: Interval.from_samples(values[name], None if nat_samples is None else nat_samples[name])
@@ -272,8 +274,10 @@ def resample_weights(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=k).astype(float)[:, row_group]
 
 
-def _bootstrap(logx, logy, with_e, best, k, seed, top_k, check_resamples, workers, warm=True, groups=None):
-    weights = resample_weights(np.arange(len(logy)) if groups is None else groups, k, seed)
+def _bootstrap(logx, logy, with_e, best, k, seed, top_k, check_resamples, workers, warm=True, groups=None,
+               weights=None):
+    if weights is None:
+        weights = resample_weights(np.arange(len(logy)) if groups is None else groups, k, seed)
     scale = lse_fit.objective(best, logx, logy, with_e)[0]
     workers = workers or os.cpu_count() or 1
     chunks = np.array_split(np.arange(k), workers)

@@ -70,3 +70,27 @@ def simulate(seed: int, scenario: str = "mid", *, items: int = 1000, run_noise: 
     truth = {**t, "task_loss": float(task_loss(t["N"], t["D"])),
              "accuracy": float(true_accuracy(task_loss(t["N"], t["D"]), scenario))}
     return Ladder(f"synthetic-{scenario}", pd.DataFrame(rows), chance=chance), truth
+
+
+def coverage(scenario: str, seeds, *, bootstrap: int = 200) -> list[dict]:
+    """One row per seed: whether the 95% interval of the accuracy predicted at ``target()``
+    holds the truth, its width, and the task's verdicts."""
+    from analysis.task import predict_task
+
+    rows = []
+    for seed in seeds:
+        ladder, truth = simulate(seed, scenario)
+        doc = predict_task(ladder, [target()], bootstrap=bootstrap, seed=seed, held_out=False, check_resamples=0)
+        acc = doc["predictions"][0]["accuracy"]
+        rows.append({"seed": seed, "covered": bool(acc["low"] <= truth["accuracy"] <= acc["high"]),
+                     "width": acc["high"] - acc["low"], "error": acc["value"] - truth["accuracy"],
+                     "predictable": doc["predictable"],
+                     "reach_warning": any("no checkpoint constrains" in w for w in doc["warnings"])})
+    return rows
+
+
+def refusals(scenario: str, seeds) -> int:
+    """How many of the ladders ``seeds`` draws the noise check refuses (``predictable: false``)."""
+    from analysis.task import SNR_MIN, noise_check
+
+    return sum(noise_check(simulate(seed, scenario)[0])["snr"] < SNR_MIN for seed in seeds)
