@@ -9,7 +9,8 @@ Ladders"):
    power law, task = E_t + K·(L − E)^κ, E the general law's irreducible loss.
 2. **Accuracy as a sigmoid of task loss**, acc = floor + height / (1 + exp((L − mid)/scale)):
    the floor at chance when it is known (else fitted, ≥ 0), the ceiling floor + height ≤ 1,
-   fitted on every checkpoint of every run after its earliest ``skip_early`` fraction.
+   fitted on every checkpoint of every run after its earliest ``skip_early`` fraction. With
+   ``SigmoidAxis.LOG_LOSS`` the sigmoid is of log L instead.
 
 Intervals come from K bootstrap resamples of the runs (a run's checkpoints stay together):
 each resample refits both steps, and a prediction's interval holds the 2.5–97.5th percentiles
@@ -42,6 +43,7 @@ from analysis.compute import SIX_ND, FlopsPerUnit
 from analysis.errors import UserError
 from analysis.laws import LAWS, fit_lse_law, law_value, resample_weights, split_of
 from analysis.points import Points
+from analysis.records import Closed
 from analysis.results import FitResult, Interval
 
 SKIP_EARLY = 0.1  # step 2 drops each run's checkpoints before this fraction of its final D
@@ -51,6 +53,18 @@ REACH_GAP = 0.3  # a target that may need this much more of the sigmoid's rise t
 HELD_OUT_SHARE = 0.1  # the held-out check leaves out this share of the runs (at least one), largest C first
 SIGMOID = ("floor", "height", "mid", "scale")
 LOSS_TO_LOSS = ("E_task", "K", "kappa")
+
+
+class SigmoidAxis(Closed):
+    """What step 2's sigmoid is a function of (``scalinglab task --sigmoid-in``)."""
+
+    LOSS = "loss", "the task loss itself, as Bhagia et al. 2024 (the default)"
+    LOG_LOSS = "log-loss", ("the log of the task loss: the curve reaches its ceiling only as the loss goes to 0, "
+                            "as exact match does on a task a model masters (docs/tasks.md)")
+
+    def x(self, loss):
+        loss = np.asarray(loss, dtype=float)
+        return np.log(loss) if self is SigmoidAxis.LOG_LOSS else loss
 
 
 @dataclass
@@ -227,6 +241,7 @@ class TwoStep:
     sigmoid_draws: np.ndarray | None  # [K, 4]
     l2l: np.ndarray | None = None  # [3] loss-to-loss, with ``via``
     l2l_draws: np.ndarray | None = None
+    axis: SigmoidAxis = SigmoidAxis.LOSS
 
     def task_loss(self, x: dict, draws: bool = False):
         """Task loss at ``x`` (N, D as the law needs; floats, or [K] arrays of per-draw values
@@ -242,7 +257,12 @@ class TwoStep:
         return loss_to_loss(self.l2l_draws if draws else self.l2l, value, e)
 
     def accuracy(self, task_loss, draws: bool = False):
-        return sigmoid(self.sigmoid_draws, task_loss) if draws else float(sigmoid(self.sigmoid, task_loss))
+        """Accuracy at ``task_loss``: by the fitted sigmoid (a float for a float), or with
+        ``draws`` by each draw's own at its own loss ([K] losses)."""
+        if draws:
+            return sigmoid(self.sigmoid_draws, self.axis.x(task_loss))
+        value = sigmoid(self.sigmoid, self.axis.x(task_loss))
+        return float(value) if np.ndim(value) == 0 else value
 
 
 def law_for(finals: pd.DataFrame) -> tuple[str | None, str]:
@@ -259,7 +279,7 @@ def law_for(finals: pd.DataFrame) -> tuple[str | None, str]:
 
 
 def fit_two_steps(ladder: Ladder, runs: np.ndarray, *, law: str, via: bool, bootstrap: int, seed: int,
-                  skip_early: float, check_resamples: int = 4) -> TwoStep:
+                  skip_early: float, check_resamples: int = 4, axis: SigmoidAxis = SigmoidAxis.LOSS) -> TwoStep:
     """Both steps on the runs ``runs`` (indices into ``ladder.finals()``), with ``bootstrap``
     resamples of those runs shared by the two steps."""
     finals = ladder.finals().iloc[runs].reset_index(drop=True)
@@ -272,10 +292,10 @@ def fit_two_steps(ladder: Ladder, runs: np.ndarray, *, law: str, via: bool, boot
     w_runs = resample_weights(np.arange(len(finals)), bootstrap, seed) if bootstrap else None
     fit = fit_lse_law(LAWS[law], pts, bootstrap=bootstrap, seed=seed, held_out=False,
                       check_resamples=check_resamples, weights=w_runs)
-    loss, acc = rows["loss"].to_numpy(float), rows["acc"].to_numpy(float)
-    sig = fit_sigmoid(loss, acc, np.ones((1, len(rows))), ladder.chance)[0]
-    sig_draws = None if w_runs is None else fit_sigmoid(loss, acc, w_runs[:, run_index], ladder.chance)
-    out = TwoStep(fit, sig, sig_draws)
+    x, acc = axis.x(rows["loss"]), rows["acc"].to_numpy(float)
+    sig = fit_sigmoid(x, acc, np.ones((1, len(rows))), ladder.chance)[0]
+    sig_draws = None if w_runs is None else fit_sigmoid(x, acc, w_runs[:, run_index], ladder.chance)
+    out = TwoStep(fit, sig, sig_draws, axis=axis)
     if via:
         general, task = finals["general"].to_numpy(float), finals["loss"].to_numpy(float)
         e = fit.params["E"].value if "E" in fit.params else 0.0
@@ -326,19 +346,21 @@ def _reach(two: TwoStep, ladder_loss: float, target_loss: float, target_draws: n
     """The share of the sigmoid's rise at the ladder's lowest task loss and at the target's (by
     the fitted curve), and the upper end (97.5th percentile over the draws, each its own curve
     and target loss) of how much more of the rise the target needs."""
+    x_ladder, x_target = two.axis.x(ladder_loss), two.axis.x(target_loss)
     _, _, mid, scale = two.sigmoid
-    ladder, target = float(_falling(ladder_loss, mid, scale)), float(_falling(target_loss, mid, scale))
+    ladder, target = float(_falling(x_ladder, mid, scale)), float(_falling(x_target, mid, scale))
     gap_high = target - ladder
     if target_draws is not None:
         m, s = two.sigmoid_draws[:, 2], two.sigmoid_draws[:, 3]
-        gap_high = float(np.nanpercentile(_falling(target_draws, m, s) - _falling(ladder_loss, m, s), 97.5))
+        gap_high = float(np.nanpercentile(_falling(two.axis.x(target_draws), m, s) - _falling(x_ladder, m, s), 97.5))
     return {"ladder": ladder, "target": target, "gap_high": gap_high}
 
 
 # --- one task, start to end ----------------------------------------------------------------
 
 def predict_task(ladder: Ladder, targets: list[dict], *, via: bool = False, bootstrap: int = 1000, seed: int = 0,
-                 skip_early: float = SKIP_EARLY, held_out: bool = True, check_resamples: int = 4) -> dict:
+                 skip_early: float = SKIP_EARLY, held_out: bool = True, check_resamples: int = 4,
+                 sigmoid_in: SigmoidAxis | str = SigmoidAxis.LOSS) -> dict:
     """Fit both steps to ``ladder`` and predict ``targets`` ({"N", "D"} or {"C"}): the task's
     JSON document (docs/tasks.md). ``check_resamples``: step 1's check of its warm-started
     bootstrap refits against cold grid fits (``analysis.laws``; about 1 s each)."""
@@ -363,14 +385,16 @@ def predict_task(ladder: Ladder, targets: list[dict], *, via: bool = False, boot
         doc["reasons"].append(
             f"too noisy: the runs' final accuracies spread by {noise['ladder_sd']:.3g} (sd), only "
             f"{noise['snr']:.2f}x the checkpoint-to-checkpoint noise {noise['checkpoint_sd']:.3g} (needs {SNR_MIN:g}x)")
+    axis = SigmoidAxis(sigmoid_in)
     two = fit_two_steps(ladder, np.arange(len(finals)), law=law, via=via, bootstrap=bootstrap, seed=seed,
-                        skip_early=skip_early, check_resamples=check_resamples)
+                        skip_early=skip_early, check_resamples=check_resamples, axis=axis)
     rows = _step2_rows(ladder, skip_early)
     doc["step1"] = _step1_doc(two, law, why, finals, via)
-    fitted = sigmoid(two.sigmoid, rows["loss"].to_numpy(float))
+    fitted = two.accuracy(rows["loss"].to_numpy(float))
     acc = rows["acc"].to_numpy(float)
     doc["step2"] = {
-        "form": "floor + height / (1 + exp((task_loss - mid) / scale))",
+        "form": (f"floor + height / (1 + exp(({'log(task_loss)' if axis is SigmoidAxis.LOG_LOSS else 'task_loss'}"
+                 " - mid) / scale))"), "sigmoid_in": axis.value,
         "params": {k: Interval.from_samples(two.sigmoid[i], None if two.sigmoid_draws is None
                                             else two.sigmoid_draws[:, i]).to_json() for i, k in enumerate(SIGMOID)},
         "floor_fixed": ladder.chance is not None, "checkpoints": int(len(rows)), "skip_early": skip_early,
@@ -381,7 +405,7 @@ def predict_task(ladder: Ladder, targets: list[dict], *, via: bool = False, boot
         doc["predictions"].append(_prediction(two, law, via, target, ladder, finals, doc["warnings"]))
     doc["step2"]["curve"] = _curve(two, rows["loss"].to_numpy(float), doc["predictions"])
     if held_out:
-        doc["held_out"] = _held_out(ladder, finals, law=law, via=via, skip_early=skip_early)
+        doc["held_out"] = _held_out(ladder, finals, law=law, via=via, skip_early=skip_early, axis=axis)
     return doc
 
 
@@ -447,14 +471,17 @@ def _curve(two: TwoStep, loss: np.ndarray, predictions: list[dict]) -> dict:
     """The sigmoid over the ladder's task losses and the predictions', with its 95% band."""
     lows = [p["task_loss"]["low"] for p in predictions if p["task_loss"]["low"] is not None]
     grid = np.linspace(min([float(loss.min())] + lows), float(loss.max()), 60)
-    out = {"task_loss": grid.tolist(), "accuracy": sigmoid(two.sigmoid, grid).tolist(), "low": None, "high": None}
+    if two.axis is SigmoidAxis.LOG_LOSS:
+        grid = np.geomspace(grid[0], grid[-1], len(grid))
+    out = {"task_loss": grid.tolist(), "accuracy": two.accuracy(grid).tolist(), "low": None, "high": None}
     if two.sigmoid_draws is not None:
-        low, high = np.percentile(sigmoid(two.sigmoid_draws[:, None, :], grid), [2.5, 97.5], axis=0)
+        low, high = np.percentile(sigmoid(two.sigmoid_draws[:, None, :], two.axis.x(grid)), [2.5, 97.5], axis=0)
         out.update(low=low.tolist(), high=high.tolist())
     return out
 
 
-def _held_out(ladder: Ladder, finals: pd.DataFrame, *, law: str, via: bool, skip_early: float) -> dict | None:
+def _held_out(ladder: Ladder, finals: pd.DataFrame, *, law: str, via: bool, skip_early: float,
+              axis: SigmoidAxis) -> dict | None:
     """Refit both steps without the largest-compute runs and predict their final task loss and
     accuracy at their own (N, D)."""
     order = np.argsort(finals["C"].to_numpy(float), kind="stable")
@@ -464,10 +491,10 @@ def _held_out(ladder: Ladder, finals: pd.DataFrame, *, law: str, via: bool, skip
     if law_for(train_finals)[0] != law or len(train) < len(LAWS[law].param_names) + 2:
         return None
     two = fit_two_steps(ladder, train, law=law, via=via, bootstrap=0, seed=0, skip_early=skip_early,
-                        check_resamples=0)
+                        check_resamples=0, axis=axis)
     held = finals.iloc[test]
     loss = np.atleast_1d(two.task_loss({v: held[v].to_numpy(float) for v in LAWS[law].variables}))
-    acc = np.array([two.accuracy(v) for v in loss])
+    acc = two.accuracy(loss)
     return {"n_held_out": int(n_out), "min_C_held_out": float(held["C"].min()),
             "task_loss_max_abs_rel_error": float(np.max(np.abs(loss / held["loss"].to_numpy(float) - 1))),
             "accuracy_max_abs_error": float(np.max(np.abs(acc - held["acc"].to_numpy(float)))),

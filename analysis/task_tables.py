@@ -40,7 +40,7 @@ from analysis.records import (
     stderr_of,
 )
 from analysis.results import jsonable
-from analysis.task import SKIP_EARLY, Ladder, predict_task
+from analysis.task import SKIP_EARLY, Ladder, SigmoidAxis, predict_task
 
 TASKS_FILE = "tasks.json"  # a results folder's task predictions (written by `scalinglab task`, drawn by the report)
 ACCURACIES = (ProbeMetric.EXACT_MATCH, ProbeMetric.TOKEN_ACCURACY)  # a probe task's accuracies, each a task entry
@@ -178,7 +178,7 @@ def _clean(task: str, frame: pd.DataFrame, chance: float | None, flops) -> Ladde
 
 def run_tasks(source, *, columns: Columns | None = None, chance: list[float] | None = None, via: str | None = None,
               predict: list[str] | None = None, bootstrap: int = 1000, seed: int = 0,
-              skip_early: float = SKIP_EARLY, log=None) -> dict:
+              skip_early: float = SKIP_EARLY, sigmoid_in: str = SigmoidAxis.LOSS, log=None) -> dict:
     """Every task of ``source`` (a results folder, a CSV/Parquet table or a DataFrame) fitted and
     predicted at ``predict`` ('N=…,D=…' or 'C=…'): the document of ``scalinglab task --format json``."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -197,7 +197,7 @@ def run_tasks(source, *, columns: Columns | None = None, chance: list[float] | N
         log(f"task {ladder.task}: {ladder.frame['run'].nunique()} runs, {len(ladder.frame)} checkpoints; "
             f"fitting both steps with {bootstrap} bootstrap resamples of the runs ...")
         docs.append(predict_task(ladder, targets, via=via is not None, bootstrap=bootstrap, seed=seed,
-                                 skip_early=skip_early))
+                                 skip_early=skip_early, sigmoid_in=sigmoid_in))
     return jsonable({"tasks": docs, "via_loss": via, "bootstrap": bootstrap, "seed": seed})
 
 

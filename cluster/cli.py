@@ -168,7 +168,8 @@ def _task(args: argparse.Namespace) -> int:
                       loss=args.loss_col, acc=args.acc_col, pairs=[parse_pair(t) for t in args.task or []],
                       task=args.task_col)
     document = run_tasks(args.source, columns=columns, chance=args.chance, via=args.via_loss, predict=args.predict,
-                         bootstrap=args.bootstrap, seed=args.seed, skip_early=args.skip_early)
+                         bootstrap=args.bootstrap, seed=args.seed, skip_early=args.skip_early,
+                         sigmoid_in=args.sigmoid_in)
     if Path(args.source).is_dir():  # the report draws the panel from here
         ResultsStore(args.source).write_json(TASKS_FILE, document)
     print(json.dumps(document) if args.format == "json" else summary(document))
@@ -300,7 +301,7 @@ def _emergence_parser(sub) -> None:
 
 
 def _task_parser(sub) -> None:
-    from analysis.task import SKIP_EARLY
+    from analysis.task import SKIP_EARLY, SigmoidAxis
 
     task = sub.add_parser("task", help="predict a larger model's task accuracy from a ladder: (N, D) -> task loss -> "
                           "accuracy, with intervals (a sweep's folder or a CSV/Parquet table of checkpoints)")
@@ -314,6 +315,9 @@ def _task_parser(sub) -> None:
                       "once, or once per --task (default: fitted; a sweep's probes record theirs)")
     task.add_argument("--skip-early", type=float, default=SKIP_EARLY, help="step 2 drops each run's checkpoints "
                       "before this fraction of its final D (default %(default)s)")
+    task.add_argument("--sigmoid-in", choices=SigmoidAxis.values(), default=SigmoidAxis.LOSS.value,
+                      help="step 2's sigmoid of the task loss (Bhagia et al.) or of its log (reaches its ceiling only "
+                      "as the loss goes to 0: exact match on a mastered task); docs/tasks.md")
     task.add_argument("--n-col", default=TRIALS.n_params.name)
     task.add_argument("--d-col", default=TRIALS.data_units.name, help="D trained so far at the checkpoint")
     task.add_argument("--c-col", default=TRIALS.flops.name, help="FLOPs so far (default %(default)s; absent: 6·N·D)")

@@ -14,6 +14,7 @@ from analysis.points import Points
 from analysis.task import (
     SNR_MIN,
     Ladder,
+    SigmoidAxis,
     fit_loss_to_loss,
     fit_sigmoid,
     fit_two_steps,
@@ -47,6 +48,18 @@ def test_the_sigmoid_keeps_its_ceiling_at_most_one_and_a_flat_ladder_gets_no_ris
     flat = np.full(40, 0.25) + np.random.default_rng(0).normal(0, 0.01, 40)
     got = fit_sigmoid(loss, flat, np.ones((1, 40)), 0.25)[0]
     assert float(sigmoid(got, 0.5)) < 0.3, got  # no evidence of a rise: no rise beyond the data either
+
+
+def test_a_sigmoid_in_log_loss_reaches_its_ceiling_as_the_loss_goes_to_zero():
+    ladder, _ = simulate(0, "mid")
+    frame = ladder.frame.copy()
+    frame["acc"] = sigmoid(np.array([0.0, 0.98, np.log(0.3), 0.4]), np.log(frame["loss"] - 0.9))  # exact match-like
+    frame["loss"] -= 0.9  # task losses from 0.1 to 1.5
+    doc = predict_task(Ladder("log", frame, chance=0.0), [target()], bootstrap=0, sigmoid_in="log-loss", **FAST)
+    assert doc["step2"]["sigmoid_in"] == SigmoidAxis.LOG_LOSS and doc["step2"]["r2"] > 0.999
+    assert doc["step2"]["params"]["mid"]["value"] == pytest.approx(np.log(0.3), abs=0.02)
+    linear = predict_task(Ladder("lin", frame, chance=0.0), [target()], bootstrap=0, **FAST)
+    assert linear["step2"]["r2"] < doc["step2"]["r2"]
 
 
 def test_loss_to_loss_recovers_a_shifted_power_law_and_keeps_the_floor_non_negative():

@@ -62,3 +62,14 @@ def test_the_emergence_quickstart_shows_a_jump_in_exact_match_with_a_smooth_log_
     assert 0 < exact["scores"]["mirage_token_accuracy"] < 1
     assert any("metric-induced (Schaeffer et al. 2023): token_accuracy^17" in c for c in exact["caveats"])
     assert logprob["verdict"] == "smooth", logprob
+    # task prediction on the same real folder: one token budget, so step 1 is the law in N
+    code, stdout, stderr = scalinglab("task", out, "--predict", "N=8e5,D=4e5", "--bootstrap", "100", "--format", "json")
+    assert code == 0, stderr
+    tasks = {t["task"]: t for t in json.loads(stdout)["tasks"]}
+    assert set(tasks) == {"walk/exact_match", "walk/token_accuracy"}
+    exact = tasks["walk/exact_match"]
+    assert exact["step1"]["law"] == "power_N" and exact["n_runs"] == 6 and exact["predictable"], exact["reasons"]
+    assert "standard error" in exact["noise"]["source"]  # 6 log-spaced points: too few late in a run
+    assert exact["chance"] < 1e-20 and exact["held_out"]["n_held_out"] == 1
+    (p,) = exact["predictions"]
+    assert p["accuracy"]["low"] <= p["accuracy"]["value"] <= p["accuracy"]["high"] and p["extrapolation"] > 1.9
