@@ -13,6 +13,8 @@ import pytest
 from analysis.records import TRIALS
 from analysis.report import fit_and_report
 from analysis.report.browser import chromium_path, render_check, sort_check
+from analysis.store import ResultsStore
+from analysis.task_tables import TASKS_FILE, run_tasks
 from tests.analysis.report_data import make_results
 from tests.conftest import REPO
 
@@ -32,12 +34,14 @@ def _need_browser():
 def test_report_renders_offline_in_chromium_with_every_figure_drawn_and_sorts_on_click(tmp_path):
     _need_browser()
     folder = make_results(tmp_path / "synthetic")
+    tasks = run_tasks(folder, predict=["N=1e9,D=2e10"], bootstrap=40, log=lambda m: None)
+    ResultsStore(folder).write_json(TASKS_FILE, tasks)  # as `scalinglab task RESULTS` does: one task panel
     report = fit_and_report(folder, out=tmp_path / "report.html", predict=["N=1e10,D=2e11", "C=1e22"],
                             bootstrap=40, log=lambda m: None).report
     check = render_check(report, screenshot=ARTIFACTS / "report.png")
     assert check.console_errors == []
     assert check.requests == []  # nothing but the file itself
-    assert len(check.figures) == 9, [f["id"] for f in check.figures]
+    assert len(check.figures) == 10, [f["id"] for f in check.figures]
     assert check.empty_figures == []
     assert len(check.images) == 3 and all(i["width"] == 16 for i in check.images)
     assert check.injected is None  # the planted <script> in an error and in the spec stayed text
