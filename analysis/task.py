@@ -66,6 +66,10 @@ class SigmoidAxis(Closed):
         loss = np.asarray(loss, dtype=float)
         return np.log(loss) if self is SigmoidAxis.LOG_LOSS else loss
 
+    @property
+    def label(self) -> str:
+        return "log(task_loss)" if self is SigmoidAxis.LOG_LOSS else "task_loss"
+
 
 @dataclass
 class Ladder:
@@ -81,7 +85,7 @@ class Ladder:
     warnings: list[str] = field(default_factory=list)
 
     def finals(self) -> pd.DataFrame:
-        """Each run's final checkpoint, one row per run in the order of ``run_index``."""
+        """Each run's final checkpoint: one row per run, sorted by run."""
         f = self.frame.sort_values(["run", "step"]).groupby("run", sort=True).tail(1)
         return f.sort_values("run").reset_index(drop=True)
 
@@ -111,50 +115,50 @@ def fit_sigmoid(loss: np.ndarray, acc: np.ndarray, weights: np.ndarray, floor: f
     scales = np.geomspace(span / 100.0, 3.0 * span, 30)
     mid_g, scale_g = (g.ravel() for g in np.meshgrid(mids, scales, indexing="ij"))
     s = _falling(loss[None, :], mid_g[:, None], scale_g[:, None])  # [G, n], the same for every draw
-    sums = _sums(weights, acc, s[None], shared=True)
-    best = _best_cells(sums, floor)
+    best = _best_cells(_sums(weights, acc, s), floor)
     mid, scale = mid_g[best["cell"]], scale_g[best["cell"]]
     step_mid, ratio = mids[1] - mids[0], scales[1] / scales[0]
     for shrink in (1.0, 0.25):  # twice: a 7 x 7 grid around each draw's best cell
         offsets = np.linspace(-shrink, shrink, 7)
         m = (mid[:, None, None] + step_mid * offsets[None, :, None]).repeat(7, axis=2).reshape(len(mid), -1)
         sc = (scale[:, None, None] * ratio ** offsets[None, None, :]).repeat(7, axis=1).reshape(len(mid), -1)
-        best = {k: [] for k in ("cell", "floor", "height")}
-        picked_mid, picked_scale = [], []
+        picked = []  # per chunk of draws: [k, 4]
         for chunk in np.array_split(np.arange(len(mid)), max(1, len(mid) // 128)):
             s_local = _falling(loss[None, None, :], m[chunk, :, None], sc[chunk, :, None])  # [k, 49, n]
-            b = _best_cells(_sums(weights[chunk], acc, s_local, shared=False), floor)
-            picked_mid.append(np.take_along_axis(m[chunk], b["cell"][:, None], 1)[:, 0])
-            picked_scale.append(np.take_along_axis(sc[chunk], b["cell"][:, None], 1)[:, 0])
-            for k in ("floor", "height"):
-                best[k].append(b[k])
-        mid, scale = np.concatenate(picked_mid), np.concatenate(picked_scale)
-        best = {k: np.concatenate(v) for k, v in best.items() if v}
-    return np.stack([best["floor"], best["height"], mid, scale], axis=1)
+            b = _best_cells(_sums(weights[chunk], acc, s_local), floor)
+            cell = b["cell"][:, None]
+            picked.append(np.stack([b["floor"], b["height"], np.take_along_axis(m[chunk], cell, 1)[:, 0],
+                                    np.take_along_axis(sc[chunk], cell, 1)[:, 0]], axis=1))
+        out = np.concatenate(picked)
+        mid, scale = out[:, 2], out[:, 3]
+    return out
 
 
-def _sums(w: np.ndarray, y: np.ndarray, s: np.ndarray, *, shared: bool) -> dict:
-    """Weighted sums of the least-squares problem y ≈ f + h·s per draw and grid cell: [K, G].
-    ``s`` is [1, G, n] (one grid for all draws) or [K, G, n]."""
-    if shared:
-        s2 = s[0]
-        mm = lambda a: w @ a.T  # noqa: E731  [K, n] x [n, G]
-        return {"w": w.sum(1)[:, None], "s": mm(s2), "ss": mm(s2 * s2), "y": (w @ y)[:, None],
-                "sy": mm(s2 * y), "yy": (w @ (y * y))[:, None]}
-    mm = lambda a: np.einsum("kn,kgn->kg", w, a)  # noqa: E731
-    return {"w": w.sum(1)[:, None], "s": mm(s), "ss": mm(s * s), "y": (w @ y)[:, None],
-            "sy": mm(s * y), "yy": (w @ (y * y))[:, None]}
+def _sums(w: np.ndarray, y: np.ndarray, s: np.ndarray) -> dict:
+    """Weighted sums of the least-squares problem y ≈ a + b·s, per draw (a row of ``w`` [K, n])
+    and grid cell: each [K, G] (or [K, 1]). ``s`` is [G, n], one grid for every draw, or
+    [K, G, n], a grid per draw."""
+    def total(a):
+        return w @ a.T if a.ndim == 2 else np.einsum("kn,kgn->kg", w, a)
+
+    return {"w": w.sum(1)[:, None], "s": total(s), "ss": total(s * s), "y": (w @ y)[:, None],
+            "sy": total(s * y), "yy": (w @ (y * y))[:, None]}
+
+
+def _sse(t: dict, a, b):
+    """Σw(y − a − b·s)² from the weighted sums ``t`` (``_sums``)."""
+    return t["yy"] - 2 * a * t["y"] - 2 * b * t["sy"] + a * a * t["w"] + 2 * a * b * t["s"] + b * b * t["ss"]
 
 
 def _best_cells(t: dict, floor: float | None) -> dict:
     """Per draw, the grid cell whose exact constrained fit (0 ≤ floor, 0 ≤ height, floor +
     height ≤ 1; or floor fixed) has the least squared error, and that fit's floor and height."""
-    def sse(f, h):  # with the ridge's 1e-9·w·h² included
-        return t["yy"] - 2 * f * t["y"] - 2 * h * t["sy"] + f * f * t["w"] + 2 * f * h * t["s"] + h * h * t["ss"]
-
     # A ridge on the height: where the curve is flat over every checkpoint (its rise lies
     # beyond them), the height has no evidence, and it is 0 rather than anything.
     t = {**t, "ss": t["ss"] + 1e-9 * t["w"]}
+
+    def sse(f, h):  # with the ridge's 1e-9·w·h² included
+        return _sse(t, f, h)
     with np.errstate(divide="ignore", invalid="ignore"):
         if floor is not None:
             f = np.full_like(t["s"], floor)
@@ -194,10 +198,7 @@ def fit_loss_to_loss(general: np.ndarray, task: np.ndarray, e_general: np.ndarra
     rows = np.arange(len(weights))
     for _ in range(3):
         x = np.exp(np.clip(kappas[:, :, None] * log_excess[:, None, :], -700, 700))  # [K, G, n]
-        w = weights[:, None, :]
-        t = {"w": w.sum(-1), "x": (w * x).sum(-1), "xx": (w * x * x).sum(-1), "y": (w * task).sum(-1),
-             "xy": (w * x * task).sum(-1), "yy": (w * task * task).sum(-1)}
-        e, k, err = _nonnegative_line(t)
+        e, k, err = _nonnegative_line(_sums(weights, task, x))
         best = np.argmin(err, axis=1)
         out = np.stack([e[rows, best], k[rows, best], kappas[rows, best]], axis=1)
         kappas = out[:, 2:3] * ratio ** np.linspace(-1, 1, 11)[None, :]
@@ -206,16 +207,16 @@ def fit_loss_to_loss(general: np.ndarray, task: np.ndarray, e_general: np.ndarra
 
 
 def _nonnegative_line(t: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(e, k, squared error) of y ≈ e + k·x with e, k ≥ 0, from the weighted sums ``t``: the
-    unconstrained optimum where it is feasible, else the better edge's."""
+    """(e, k, squared error) of y ≈ e + k·s with e, k ≥ 0, from the weighted sums ``t``
+    (``_sums``): the unconstrained optimum where it is feasible, else the better edge's."""
     def sse(e, k):
-        return t["yy"] - 2 * e * t["y"] - 2 * k * t["xy"] + e * e * t["w"] + 2 * e * k * t["x"] + k * k * t["xx"]
+        return _sse(t, e, k)
 
     with np.errstate(divide="ignore", invalid="ignore"):
-        det = t["w"] * t["xx"] - t["x"] ** 2
-        k_u = np.nan_to_num((t["w"] * t["xy"] - t["x"] * t["y"]) / det)
-        e_u = np.nan_to_num((t["y"] - k_u * t["x"]) / t["w"])
-        k_0 = np.clip(np.nan_to_num(t["xy"] / t["xx"]), 0, None)  # e = 0
+        det = t["w"] * t["ss"] - t["s"] ** 2
+        k_u = np.nan_to_num((t["w"] * t["sy"] - t["s"] * t["y"]) / det)
+        e_u = np.nan_to_num((t["y"] - k_u * t["s"]) / t["w"])
+        k_0 = np.clip(np.nan_to_num(t["sy"] / t["ss"]), 0, None)  # e = 0
         e_0 = np.clip(t["y"] / t["w"], 0, None)  # k = 0
     cands = [(e_u, k_u), (np.zeros_like(k_0), k_0), (e_0, np.zeros_like(e_0))]
     errs = np.stack([np.where((e_u >= 0) & (k_u >= 0), sse(e_u, k_u), np.inf), sse(*cands[1]), sse(*cands[2])])
@@ -393,8 +394,7 @@ def predict_task(ladder: Ladder, targets: list[dict], *, via: bool = False, boot
     fitted = two.accuracy(rows["loss"].to_numpy(float))
     acc = rows["acc"].to_numpy(float)
     doc["step2"] = {
-        "form": (f"floor + height / (1 + exp(({'log(task_loss)' if axis is SigmoidAxis.LOG_LOSS else 'task_loss'}"
-                 " - mid) / scale))"), "sigmoid_in": axis.value,
+        "form": f"floor + height / (1 + exp(({axis.label} - mid) / scale))", "sigmoid_in": axis.value,
         "params": {k: Interval.from_samples(two.sigmoid[i], None if two.sigmoid_draws is None
                                             else two.sigmoid_draws[:, i]).to_json() for i, k in enumerate(SIGMOID)},
         "floor_fixed": ladder.chance is not None, "checkpoints": int(len(rows)), "skip_early": skip_early,

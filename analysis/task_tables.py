@@ -122,10 +122,11 @@ def table_ladders(table: pd.DataFrame, cols: Columns, *, chance: list[float] | N
         if not pairs:
             raise UserError("name the task's columns: --loss-col COL --acc-col COL, --task LOSS_COL:ACC_COL "
                             "(repeatable), or --task-col for a long table")
-    needed = {"--n-col": cols.n, "--d-col": cols.d, "--run-col": cols.run, "--step-col": cols.step,
-              **({"--task-col": cols.task} if cols.task else {}), **({"--via-loss": via} if via else {})}
-    needed.update({f"--task/--loss-col/--acc-col ({i + 1})": c for i, pair in enumerate(pairs) for c in pair})
-    missing = [f"{c!r} ({opt})" for opt, c in needed.items() if c not in table.columns]
+    needed = [("--n-col", cols.n), ("--d-col", cols.d), ("--run-col", cols.run), ("--step-col", cols.step),
+              *([("--task-col", cols.task)] if cols.task else []), *([("--via-loss", via)] if via else []),
+              *[(f"task {i + 1}'s {what}", col) for i, pair in enumerate(pairs)
+                for what, col in zip(("loss", "accuracy"), pair)]]
+    missing = [f"{col!r} ({opt})" for opt, col in needed if col not in table.columns]
     if missing:
         raise UserError(f"missing column(s) {', '.join(missing)}; the table has {list(table.columns)[:20]}")
     if chance and len(chance) not in (1, len(pairs)) or (chance and cols.task and len(chance) != 1):

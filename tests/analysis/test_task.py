@@ -191,6 +191,8 @@ def test_bad_input_names_what_is_wrong(tmp_path, scalinglab):
     assert code == 2 and "'n_params' (--n-col)" in err and "'trial_id' (--run-col)" in err
     code, _, err = scalinglab("task", path, *COLS)
     assert code == 2 and "--loss-col COL --acc-col COL" in err
+    code, _, err = scalinglab("task", path, *COLS, "--task", "hellaswag_bpb:acc")
+    assert code == 2 and "'hellaswag_bpb' (task 1's loss)" in err and "(task 1's accuracy)" not in err
     code, _, err = scalinglab("task", path, *COLS, "--task", "bpb")
     assert code == 2 and "LOSS_COL:ACC_COL" in err
     code, _, err = scalinglab("task", path, *COLS, "--task", "bpb:acc", "--chance", "0.1", "--chance", "0.2",
