@@ -3,8 +3,9 @@
 A results folder (a local folder or a storage URI, read through ``analysis.store``) holds
 ``trials.parquet`` (required), and when present ``evals.parquet``, ``spec.yaml``, ``run.json``
 (the driver's record of each run: Ray's resources, start and wall time), ``emergence.json``
-(the emergence detector's results), ``tasks.json`` (``scalinglab task``'s predictions) and sample images under ``samples/<trial_id>/*.png``
-(written by families with artifacts: a PNG per grid, the file name its caption).
+(the emergence detector's results), ``tasks.json`` (``scalinglab task``'s predictions) and
+sample images under ``samples/<trial_id>/*.png`` (written by families with artifacts: a PNG
+per grid, the file name its caption).
 """
 
 from __future__ import annotations
