@@ -71,6 +71,21 @@ def test_loss_to_loss_recovers_a_shifted_power_law_and_keeps_the_floor_non_negat
     assert fit_loss_to_loss(general, np.abs(falling), np.array([2.0]), np.ones((1, 20)))[0][0] >= 0
 
 
+def test_loss_to_loss_chains_a_general_loss_law_into_the_task_loss():
+    ladder, truth = simulate(2, "mid")
+    frame = ladder.frame.copy()
+    general = 1.0 + ((frame["loss"] - 0.1) / 0.9) ** (1 / 1.3)  # so task = 0.1 + 0.9·(general − 1)^1.3
+    frame["general"] = general * np.exp(np.random.default_rng(0).normal(0, 0.002, len(frame)))
+    doc = predict_task(Ladder("via", frame, chance=0.25), [target()], via=True, bootstrap=100, seed=0, **FAST)
+    step1 = doc["step1"]
+    assert step1["law"] == "loss_to_loss" and step1["general"]["law"] == "chinchilla"
+    assert step1["r2_log"] > 0.99 and step1["params"]["E_task"]["value"] >= 0
+    for name, true in (("kappa", 1.3), ("K", 0.9)):
+        assert step1["params"][name]["low"] <= true <= step1["params"][name]["high"], step1["params"]
+    at = doc["predictions"][0]["task_loss"]
+    assert at["low"] <= truth["task_loss"] <= at["high"]
+
+
 def test_both_steps_refit_on_the_same_resample_of_runs():
     ladder, _ = simulate(3, "mid")
     two = fit_two_steps(ladder, np.arange(16), law="chinchilla", via=False, bootstrap=64, seed=5, skip_early=0.1,
