@@ -439,8 +439,9 @@ def _prediction(two: TwoStep, law: str, via: bool, target: dict, ladder: Ladder,
         drawn = split_of(two.law, c, draws=True)
         x_draws = x if drawn is None else {"N": drawn["N"][:, 0], "D": drawn["D"][:, 0]}
     else:
-        raise UserError(f"--predict {target}: needs N and D (a C alone needs the Chinchilla law in step 1; "
-                        f"this ladder's is {law})")
+        asked = ",".join(f"{k}={v:g}" for k, v in target.items())
+        raise UserError(f"--predict {asked}: give N and D (a C alone is split by step 1's Chinchilla law; "
+                        f"{ladder.task}'s step 1 is {law})")
     loss = float(two.task_loss(x))
     acc = two.accuracy(loss)
     out = {**point, "task_loss": Interval.from_samples(loss, None), "accuracy": Interval.from_samples(acc, None)}

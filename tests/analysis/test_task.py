@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.errors import UserError
 from analysis.laws import LAWS, fit_lse_law, resample_weights
 from analysis.points import Points
 from analysis.task import (
@@ -150,7 +151,7 @@ def test_one_token_budget_falls_back_to_the_law_in_n_and_says_what_it_cannot_do(
                        bootstrap=0, **FAST)
     assert doc["step1"]["law"] == "power_N"
     assert any("the ladder has one D" in w for w in doc["warnings"])
-    with pytest.raises(Exception, match="needs N and D"):
+    with pytest.raises(UserError, match=r"--predict C=1e\+22: give N and D .*one-d.s step 1 is power_N"):
         predict_task(Ladder("one-d", one_d.reset_index(drop=True), chance=0.25), [{"C": 1e22}], bootstrap=0, **FAST)
 
 
