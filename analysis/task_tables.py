@@ -4,8 +4,8 @@ predicted task by task (``analysis.task``), as one JSON document or a text summa
 - **A sweep's folder**: every probe task, with no options. The task loss is the negated
   ``TASK/logprob`` (nats per answer token), and each of ``TASK/exact_match`` and
   ``TASK/token_accuracy`` is an accuracy with its own entry (``walk/exact_match``), its floor
-  the probe's recorded chance level. A run is a completed fit-point trial (``point`` or
-  ``branch``); its checkpoints are its evaluation points. ``--via-loss`` names a metric of
+  the probe's recorded chance level. A run is a trial the fits use (``load_points``: a
+  completed ``point`` or ``branch``); its checkpoints are its evaluation points. ``--via-loss`` names a metric of
   ``evals.parquet`` (``loss``: the held-out loss).
 - **A table** (CSV or Parquet), one row per checkpoint: N, D (trained so far), run and step
   columns, then either one task's ``--loss-col`` and ``--acc-col``, several tasks' pairs
@@ -26,12 +26,11 @@ import pandas as pd
 
 from analysis.errors import UserError
 from analysis.fit import parse_target
-from analysis.points import flops_form, read_table
+from analysis.points import flops_form, load_points, read_table
 from analysis.records import (
     EVALS,
     TRIALS,
     ProbeMetric,
-    Role,
     Status,
     capability_metric,
     capability_task,
@@ -73,10 +72,7 @@ def sweep_ladders(trials: pd.DataFrame, evals: pd.DataFrame | None, *, via: str 
     """Every probe task's ladders of a sweep's tables (module docstring)."""
     if evals is None or evals.empty:
         raise UserError(f"no {EVALS.file}: task prediction needs each run's checkpoints")
-    keep = trials[TRIALS.status].astype(str) == Status.COMPLETED
-    if TRIALS.role in trials:
-        keep &= trials[TRIALS.role].astype(str).isin([r.value for r in Role if r.fit_point])
-    runs = trials.loc[keep, [TRIALS.trial_id, TRIALS.n_params, TRIALS.data_units, TRIALS.flops]]
+    runs = load_points(trials)  # the completed fit-point trials, and what C is for them
     metrics = set(evals[EVALS.metric].unique())
     tasks = sorted({capability_task(m) for m in metrics if is_probe_metric(m)
                     and capability_metric(capability_task(m), TASK_LOSS) in metrics})
@@ -86,19 +82,17 @@ def sweep_ladders(trials: pd.DataFrame, evals: pd.DataFrame | None, *, via: str 
     if via is not None and via not in metrics:
         raise UserError(f"--via-loss {via!r}: no such metric in {EVALS.file}; it has e.g. "
                         f"{sorted(m for m in metrics if '/' not in m)}")
-    wide = (evals[evals[EVALS.trial_id].isin(runs[TRIALS.trial_id])]
+    wide = (evals[evals[EVALS.trial_id].isin(runs.frame["trial_id"])]
             .pivot_table(index=[EVALS.trial_id, EVALS.step, EVALS.data_units, EVALS.flops],
                          columns=EVALS.metric, values=EVALS.value, aggfunc="first").reset_index())
-    wide = wide.merge(runs[[TRIALS.trial_id, TRIALS.n_params]], on=TRIALS.trial_id)
-    flops = flops_form(pd.DataFrame({"N": runs[TRIALS.n_params].astype(float), "D": runs[TRIALS.data_units].astype(float),
-                                     "C": runs[TRIALS.flops].astype(float)}).dropna(), True)
+    wide = wide.merge(runs.frame[["trial_id", "N"]].rename(columns={"trial_id": TRIALS.trial_id}), on=TRIALS.trial_id)
     ladders = []
     for task in tasks:
         for name in ACCURACIES:
             metric = capability_metric(task, name)
             if metric not in wide:
                 continue
-            frame = pd.DataFrame({"run": wide[TRIALS.trial_id], "step": wide[EVALS.step], "N": wide[TRIALS.n_params],
+            frame = pd.DataFrame({"run": wide[TRIALS.trial_id], "step": wide[EVALS.step], "N": wide["N"],
                                   "D": wide[EVALS.data_units], "C": wide[EVALS.flops],
                                   "loss": -wide[capability_metric(task, TASK_LOSS)], "acc": wide[metric]})
             if via is not None:
@@ -106,7 +100,8 @@ def sweep_ladders(trials: pd.DataFrame, evals: pd.DataFrame | None, *, via: str 
             if stderr_of(metric) in wide:
                 frame["stderr"] = wide[stderr_of(metric)]
             chance = wide[chance_of(metric)].median() if chance_of(metric) in wide else None
-            ladders.append(_clean(metric, frame, None if chance is None or pd.isna(chance) else float(chance), flops))
+            ladders.append(_clean(metric, frame, None if chance is None or pd.isna(chance) else float(chance),
+                                  runs.flops))
     return ladders
 
 
