@@ -12,18 +12,8 @@ import pytest
 from analysis.errors import UserError
 from analysis.laws import LAWS, fit_lse_law, resample_weights
 from analysis.points import Points
-from analysis.task import (
-    SNR_MIN,
-    Ladder,
-    SigmoidAxis,
-    fit_loss_to_loss,
-    fit_sigmoid,
-    fit_two_steps,
-    loss_to_loss,
-    noise_check,
-    predict_task,
-    sigmoid,
-)
+from analysis.task import SNR_MIN, Ladder, SigmoidAxis, fit_two_steps, noise_check, predict_task
+from analysis.task_models import fit_loss_to_loss, fit_sigmoid, loss_to_loss, sigmoid
 from analysis.task_simulation import SCENARIOS, simulate, target
 from analysis.task_tables import TASKS_FILE
 from tests.analysis.report_data import make_results
