@@ -34,6 +34,7 @@ def _sweep(args: argparse.Namespace) -> int:
     outcome = run_sweep(
         args.spec, storage=args.storage, address=args.address, resume=args.resume,
         retry_failed=args.retry_failed, verbose=args.verbose, max_concurrent=args.max_concurrent,
+        tracking=args.tracking or (),
     )
     print(summary_table(outcome.trials))
     if not (args.no_fit and args.no_report):
@@ -45,10 +46,33 @@ def _sweep(args: argparse.Namespace) -> int:
             print(summary(done.fits) if done.fits else f"no fit: {done.fit_error}")
         if done.report:
             print(f"\nreport: {done.report}")
+    _finish_trackers(outcome)
     counts = outcome.trials["status"].value_counts().to_dict()
     print(f"{len(outcome.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"; wall time {outcome.wall_s:.0f} s; tables in {outcome.storage}")
     return 0 if outcome.ok else 1
+
+
+def _finish_trackers(outcome) -> None:
+    """The sweep's files onto each tracker's parent run. A tracker that fails here loses
+    nothing of the sweep (its tables and report are on disk): a warning, not an error."""
+    from analysis.emergence_tables import EMERGENCE_FILE
+    from analysis.records import SPEC_FILE
+    from analysis.report import FITS_FILE, REPORT_FILE
+    from analysis.store import ResultsStore
+    from analysis.task_tables import TASKS_FILE
+
+    if not outcome.trackers:
+        return
+    store = ResultsStore(outcome.storage)
+    files = {name: store.read_bytes(name) for name in (SPEC_FILE, FITS_FILE, EMERGENCE_FILE, TASKS_FILE, REPORT_FILE)
+             if store.exists(name)}
+    for tracker in outcome.trackers:
+        try:
+            tracker.finish(files, outcome.ok)
+        except Exception as exc:  # noqa: BLE001 (any tracker error; the results stand)
+            print(f"warning: tracking: {type(tracker).__name__} could not log the sweep's files: {exc}",
+                  file=sys.stderr)
 
 
 def summary_table(trials) -> str:
@@ -180,7 +204,8 @@ def _submit(args: argparse.Namespace) -> int:
     from cluster.jobs import submit
 
     return submit(args.spec, address=args.address, storage=args.storage, wait=not args.no_wait,
-                  resume=args.resume, max_concurrent=args.max_concurrent, verbose=args.verbose)
+                  resume=args.resume, max_concurrent=args.max_concurrent, verbose=args.verbose,
+                  tracking=args.tracking or ())
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -228,7 +253,14 @@ def _sweep_parser(sub) -> None:
     sweep.add_argument("--verbose", action="store_true", help="show Ray's and DeepSpeed's own logs")
     sweep.add_argument("--no-fit", action="store_true", help="skip the scaling-law fit at the end")
     sweep.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+    _tracking_argument(sweep)
     sweep.set_defaults(func=_sweep)
+
+
+def _tracking_argument(parser) -> None:
+    parser.add_argument("--tracking", action="append", metavar="KIND[=VALUE]",
+                        help="log every trial to a tracker, on top of the spec's tracking block (repeatable): "
+                        "mlflow[=URI], tensorboard[=DIR], wandb[=PROJECT] (docs/tracking.md)")
 
 
 def _submit_parser(sub) -> None:
@@ -242,6 +274,7 @@ def _submit_parser(sub) -> None:
     submit.add_argument("--resume", action="store_true", help="continue an interrupted sweep in the same storage")
     submit.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
     submit.add_argument("--verbose", action="store_true", help="show Ray's and DeepSpeed's own logs")
+    _tracking_argument(submit)
     submit.set_defaults(func=_submit)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up scalinglab in a virtual environment (.venv, or $SCALINGLAB_VENV) on a fresh machine.
 #
-#   bash cluster/install.sh          # torch, DeepSpeed, Ray and the project (editable)
+#   bash cluster/install.sh          # torch, DeepSpeed, Ray, the trackers' clients and the project (editable)
 #   bash cluster/install.sh --dev    # ... plus the test tools, and Chromium for the report's browser test
 #   --cpu / --gpu                    # force a torch build (default: GPU iff nvidia-smi sees one)
 #
@@ -17,10 +17,10 @@ cd "$(dirname "$0")/.."
 venv=${SCALINGLAB_VENV:-.venv}
 python=${PYTHON:-python3}
 torch_version=${TORCH_VERSION:-2.13.0}
-extras="" mode=auto
+extras="[tracking]" mode=auto
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras="[dev]" ;;
+    --dev) extras="[tracking,dev]" ;;
     --cpu) mode=cpu ;;
     --gpu) mode=gpu ;;
     *) echo "install.sh: unknown option $arg (expected --dev, --cpu or --gpu)" >&2; exit 2 ;;
@@ -49,12 +49,12 @@ if mode == "cpu" and cuda:
           "set TORCH_INDEX_URL to PyTorch's CPU wheel index for the small CPU build", file=sys.stderr)
 PY
 
-echo "install.sh: installing scalinglab$extras (ray, deepspeed, datasets, pandas, scipy, plotly)" >&2
+echo "install.sh: installing scalinglab$extras (ray, deepspeed, datasets, pandas, scipy, plotly; mlflow, tensorboard, wandb)" >&2
 "${pip[@]}" install -e ".$extras"
 
 # The browser test drives the system Chromium through Playwright (never `playwright install`,
 # which downloads a browser). Debian/Ubuntu: the chromium package, installed here when we may.
-if [ -n "$extras" ]; then
+if [ "$extras" = "[tracking,dev]" ]; then
   if command -v chromium >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromium ] || [ -n "${SCALINGLAB_CHROMIUM:-}" ]; then
     :
   elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -20,6 +20,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from analysis.errors import UserError
 from cluster.runtime import runtime_env
@@ -43,10 +44,13 @@ def client(address: str | None):
 
 def submit(spec_path: str, *, address: str | None, storage: str | None, wait: bool = True,
            resume: bool = False, max_concurrent: int | None = None, verbose: bool = False,
-           out=sys.stdout) -> int:
+           tracking: Sequence[str] = (), out=sys.stdout) -> int:
     """Validate locally, submit, print the job id; follow the logs unless ``wait`` is False.
-    Returns 0 when the job succeeded (or was only submitted), 1 when it failed or stopped."""
+    Returns 0 when the job succeeded (or was only submitted), 1 when it failed or stopped.
+    Trackers (``tracking`` flags and the spec's block) are checked from here as well as on the
+    cluster: a tracker this machine cannot reach is refused before anything is submitted."""
     from cluster.sweep import prepare
+    from cluster.tracking import refuse_relative, targets
 
     spec, trials, _ = prepare(spec_path, storage)
     target = storage or spec.storage
@@ -61,7 +65,11 @@ def submit(spec_path: str, *, address: str | None, storage: str | None, wait: bo
     args += ["--resume"] if resume else []
     args += ["--max-concurrent", str(max_concurrent)] if max_concurrent else []
     args += ["--verbose"] if verbose else []
+    for flag in tracking:
+        args += ["--tracking", flag]
     _refuse_relative_data_paths(spec_path)
+    refuse_relative(spec.tracking, tracking)
+    targets(spec.tracking, tracking, spec.name, target, folders=False)
     env = runtime_env({SPEC_ENV: Path(spec_path).read_text()})
     jobs = client(address)
     job_id = _submit_when_ready(jobs, entrypoint=" ".join(shlex.quote(a) for a in args), runtime_env=env,

@@ -40,6 +40,9 @@ class Dispatch(Callback):
     def on_trial_error(self, **info):
         self._each("on_trial_error", info)
 
+    def on_trial_complete(self, **info):
+        self._each("on_trial_complete", info)
+
     def on_step_end(self, **info):
         self._each("on_step_end", info)
 
@@ -47,7 +50,8 @@ class Dispatch(Callback):
         self._each("on_experiment_end", info)
 
 
-def _trial_id(trial) -> str:
+def trial_id(trial) -> str:
+    """The scalinglab trial id of a Tune trial."""
     return json.loads(trial.config[TRIAL_KEY])["trial_id"]
 
 
@@ -81,25 +85,25 @@ class TableRecorder(Callback):
         self._last_write = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        trial_id = _trial_id(trial)
-        if trial_id not in self.replayed:
-            self.rows[trial_id].update({TRIALS.status: Status.RUNNING.value, TRIALS.error: "",
-                                        TRIALS.started_at: datetime.now(timezone.utc)})
+        tid = trial_id(trial)
+        if tid not in self.replayed:
+            self.rows[tid].update({TRIALS.status: Status.RUNNING.value, TRIALS.error: "",
+                                   TRIALS.started_at: datetime.now(timezone.utc)})
             self.flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         report = TrialReport.from_tune(result)
         if report is None:
             return
-        trial_id = _trial_id(trial)
-        self.evals += report.eval_rows(trial_id)
+        tid = trial_id(trial)
+        self.evals += report.eval_rows(tid)
         if report.done:
-            self._finish(trial_id, report)
+            self._finish(tid, report)
         elif time.monotonic() - self._last_write > self.min_interval_s:
             self.flush()
 
-    def _finish(self, trial_id: str, report: TrialReport) -> None:
-        row = self.rows[trial_id]
+    def _finish(self, tid: str, report: TrialReport) -> None:
+        row = self.rows[tid]
         row.update(report.final_columns())
         row[TRIALS.finished_at] = datetime.now(timezone.utc)
         self.flush()
@@ -115,10 +119,10 @@ class TableRecorder(Callback):
                   file=sys.stderr, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        trial_id = _trial_id(trial)
-        if trial_id not in self.replayed:
-            self.rows[trial_id].update({TRIALS.status: Status.FAILED.value, TRIALS.error: error_summary(trial),
-                                        TRIALS.finished_at: datetime.now(timezone.utc)})
+        tid = trial_id(trial)
+        if tid not in self.replayed:
+            self.rows[tid].update({TRIALS.status: Status.FAILED.value, TRIALS.error: error_summary(trial),
+                                   TRIALS.finished_at: datetime.now(timezone.utc)})
             self.flush()
 
     def on_experiment_end(self, trials, **info):
@@ -145,16 +149,16 @@ class ProgressPrinter(Callback):
         report = TrialReport.from_tune(result)
         if report is None:
             return
-        trial_id = _trial_id(trial)
-        self.latest[trial_id] = report
+        tid = trial_id(trial)
+        self.latest[tid] = report
         if report.done:
             mark = "done" if report.status == Status.COMPLETED else report.status.value.upper()
-            row = self.rows[trial_id]
-            self._say(f"{mark:>8} {trial_id}: loss {report.loss:.4f} {row[TRIALS.loss_unit]}, "
+            row = self.rows[tid]
+            self._say(f"{mark:>8} {tid}: loss {report.loss:.4f} {row[TRIALS.loss_unit]}, "
                       f"{report.throughput:,.0f} {row[TRIALS.data_unit]}/s, {report.elapsed_s:.1f} s")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._say(f"  FAILED {_trial_id(trial)}: {error_summary(trial)}")
+        self._say(f"  FAILED {trial_id(trial)}: {error_summary(trial)}")
 
     def on_step_end(self, iteration, trials, **info):
         if time.monotonic() - self._last_print >= self.interval_s:

@@ -30,6 +30,8 @@ JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a submitted job'
 # that torch deprecates); everything else is shown, nothing is silenced wholesale.
 KNOWN_WARNINGS = [
     (r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning),
+    # MLflow 3.17's sqlite store configures SQLAlchemy 2.1 mappers with a deprecated loader option
+    (r"The ``noload`` loader strategy is deprecated", DeprecationWarning),
 ]
 
 

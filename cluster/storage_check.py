@@ -23,9 +23,9 @@ def _sees(path: str) -> bool:
     return Path(path).is_file()
 
 
-def check_shared(uri: str) -> int:
-    """Raise UserError when some live Ray node cannot see the local storage ``uri``;
-    returns the number of nodes checked (1 means nothing to check)."""
+def check_shared(uri: str, what: str = "storage") -> int:
+    """Raise UserError when some live Ray node cannot see the local storage ``uri`` (``what``
+    names it in the message); returns the number of nodes checked (1 means nothing to check)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -46,7 +46,8 @@ def check_shared(uri: str) -> int:
     if blind:
         addresses = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
         raise UserError(
-            f"storage: {path} is node-local: {len(blind)} of {len(nodes)} Ray nodes cannot see it "
+            f"{what}: {path} is node-local: {len(blind)} of {len(nodes)} Ray nodes cannot see it "
             f"({', '.join(f'{addresses[b]} {b[:8]}' for b in blind)}). A multi-node sweep needs a shared "
-            "filesystem mounted at the same path on every node, or an object-store URI (s3://…, gs://…)")
+            "filesystem mounted at the same path on every node, or " + (
+                "an object-store URI (s3://…, gs://…)" if what == "storage" else "a tracking server's URI"))
     return len(nodes)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -38,6 +39,7 @@ class SweepOutcome:
     trials: pd.DataFrame
     evals: pd.DataFrame
     wall_s: float
+    trackers: list = field(default_factory=list)  # cluster.trackers callbacks: the CLI calls their finish()
 
     @property
     def ok(self) -> bool:
@@ -55,20 +57,25 @@ def prepare(spec_path: str, storage: str | None) -> tuple[SweepSpec, list[TrialC
 def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None = None,
               resume: bool = False, retry_failed: bool = False, verbose: bool = False,
               max_concurrent: int | None = None, progress_interval_s: float = 10.0,
-              hooks: TestHooks = TestHooks()) -> SweepOutcome:
+              tracking: Sequence[str] = (), hooks: TestHooks = TestHooks()) -> SweepOutcome:
     """Run (or resume) the sweep; returns its tables. Uses the Ray this process is connected
-    to when there is one (and leaves it running), else starts one (and stops it)."""
+    to when there is one (and leaves it running), else starts one (and stops it).
+    ``tracking``: ``--tracking KIND[=VALUE]`` flags, on top of the spec's tracking block."""
     from cluster.monitor import ACTIVE, ProgressPrinter, TableRecorder
     from cluster.runtime import cluster_resources, start_ray, stop_ray
     from cluster.storage_check import check_shared
+    from cluster.tracking import targets
 
     started = time.monotonic()
     spec, trials, uri = prepare(spec_path, storage)
     store = ResultsStore(uri)
+    trackers_at = targets(spec.tracking, tracking, spec.name, uri)  # an unreachable tracker stops us here
     owns_ray = start_ray(address, verbose=verbose)
     resources = cluster_resources()
     try:
         check_shared(uri)  # on a multi-node cluster, refuse a path some node cannot see
+        for what, folder in trackers_at.local_folders():
+            check_shared(str(folder), what)
         _check_placement(trials, embedded=address is None)
         rows, evals = _initial_tables(store, trials, resume, Path(spec_path).read_text(), retry_failed)
     except UserError:
@@ -80,8 +87,10 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
          f"{resources.get('GPU', 0):g} GPUs) -> {uri}")
     recorder = TableRecorder(store, rows, evals)
     printer = ProgressPrinter(rows, interval_s=progress_interval_s)
-    ACTIVE[:] = [recorder, printer]
+    trackers: list = []
     try:
+        trackers = _open_trackers(trackers_at, recorder, uri, spec.name, Path(spec_path).read_text())
+        ACTIVE[:] = [recorder, printer, *trackers]
         phases = sweep_phases(trials)
         for k, (tune_dir, what, phase) in enumerate(phases):
             if tune_dir != LR_TUNE_DIR and any(t.role == Role.LR_SEARCH for t in trials):
@@ -95,13 +104,27 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
                    hooks).fit()
     finally:
         recorder.on_experiment_end(trials=[])
+        for tracker in trackers:  # before Ray stops: W&B logs from Ray actors
+            tracker.guarded(tracker.end_trials)
         ACTIVE.clear()
         if owns_ray:
             stop_ray()  # before any analysis forks processes (forking Ray's threads is unsafe)
         runs[-1]["wall_s"] = round(time.monotonic() - started, 1)
         store.write_json(RUNS_FILE, {"runs": runs})
     return SweepOutcome(uri, store.read_table(TRIALS.file), store.read_table(EVALS.file),
-                        time.monotonic() - started)
+                        time.monotonic() - started, trackers)
+
+
+def _open_trackers(targets, recorder, uri: str, sweep: str, spec_text: str) -> list:
+    if not targets.any:
+        return []
+    from cluster.trackers import build
+
+    trackers = build(targets)
+    for tracker in trackers:
+        tracker.begin(recorder, uri, sweep, spec_text)
+    _say("tracking: " + ", ".join(type(t).__name__.removesuffix("Tracker") for t in trackers))
+    return trackers
 
 
 def _finished(rows: dict[str, dict], retry_failed: bool) -> frozenset[str]:

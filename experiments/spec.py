@@ -280,6 +280,44 @@ class ProbeSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MLflowSpec:
+    """``tracking.mlflow``: one MLflow run per trial, nested under a run for the sweep."""
+
+    uri: str | None = doc_field(None, "a folder (an sqlite store mlflow.db in it), file://…, sqlite:///… or a "
+                                "server's http(s)://… (default: <storage>/mlflow)")
+    experiment: str | None = doc_field(None, "MLflow experiment (default: the sweep's name)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorBoardSpec:
+    """``tracking.tensorboard``: event files, one folder per trial."""
+
+    dir: str | None = doc_field(None, "folder of the event files (default: <storage>/tensorboard)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WandbSpec:
+    """``tracking.wandb``: one W&B run per trial, grouped by sweep. Unset fields fall back to
+    W&B's own environment variables (WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE)."""
+
+    project: str | None = doc_field(None, "W&B project (default: WANDB_PROJECT, else the sweep's name)")
+    entity: str | None = doc_field(None, "W&B entity (default: WANDB_ENTITY, else your default entity)")
+    mode: Literal["online", "offline"] | None = doc_field(None, "offline: run files on disk only, for "
+                                                          "`wandb sync` later (default: WANDB_MODE, else online)")
+    dir: str | None = doc_field(None, "W&B's local run files (default: <storage>/wandb)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingSpec:
+    """Experiment trackers the sweep logs to (docs/tracking.md); each is off unless given, as
+    a mapping (``mlflow: {}`` for its defaults) or with ``--tracking`` on the command line."""
+
+    mlflow: MLflowSpec | None = doc_field(None, "MLflow: uri, experiment")
+    tensorboard: TensorBoardSpec | None = doc_field(None, "TensorBoard: dir")
+    wandb: WandbSpec | None = doc_field(None, "Weights & Biases: project, entity, mode, dir")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SweepSpec:
     name: str = doc_field(doc="letters, digits, - _ . (names the results folder)")
     family: str = doc_field("transformer", "the model family (docs/families.md)")
@@ -293,6 +331,8 @@ class SweepSpec:
     probes: ProbeSpec = field(default_factory=ProbeSpec, metadata={"doc": "capability probes (language models)"})
     storage: str | None = doc_field(None, "default results/<name>; a local path or a URI Ray and pyarrow accept")
     max_failures: int = doc_field(0, "Ray Tune retries of a failed trial")
+    tracking: TrackingSpec = field(default_factory=TrackingSpec, metadata={"doc": "experiment trackers (MLflow, "
+                                                                              "TensorBoard, W&B)"})
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):

@@ -12,14 +12,16 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from experiments.spec import (BudgetSpec, DataSpec, DeepSpeedSpec, EvalSpec, LRSearchSpec, ProbeSpec, ResourceSpec,
-                              SizeSpec, SweepSpec, SyntheticSpec, TrainingSpec)
+from experiments.spec import (BudgetSpec, DataSpec, DeepSpeedSpec, EvalSpec, LRSearchSpec, MLflowSpec, ProbeSpec,
+                              ResourceSpec, SizeSpec, SweepSpec, SyntheticSpec, TensorBoardSpec, TrackingSpec,
+                              TrainingSpec, WandbSpec)
 from models.family import BUILTIN, get_family
 
 SECTIONS = [  # (YAML path, dataclass) in the order a spec is usually written
     ("(top level)", SweepSpec), ("budgets", BudgetSpec), ("data", DataSpec), ("data.synthetic", SyntheticSpec),
     ("training", TrainingSpec), ("training.lr: {search: …}", LRSearchSpec), ("deepspeed", DeepSpeedSpec),
-    ("resources", ResourceSpec), ("evaluation", EvalSpec), ("probes", ProbeSpec),
+    ("resources", ResourceSpec), ("evaluation", EvalSpec), ("probes", ProbeSpec), ("tracking", TrackingSpec),
+    ("tracking.mlflow", MLflowSpec), ("tracking.tensorboard", TensorBoardSpec), ("tracking.wandb", WandbSpec),
 ]
 
 

@@ -144,7 +144,9 @@ def test_submitted_sweep_runs_on_both_nodes(two_nodes, write_spec, tmp_path):
         """)
     out = tmp_path / "out"
     started = time.monotonic()
-    run = subprocess.run([str(BIN / "scalinglab"), "submit", str(spec), "--address", address, "--storage", str(out)],
+    # tracked from the driver on the head node, while the trials run on both nodes
+    run = subprocess.run([str(BIN / "scalinglab"), "submit", str(spec), "--address", address, "--storage", str(out),
+                          "--tracking", f"mlflow={tmp_path / 'mlflow'}", "--tracking", "tensorboard"],
                          env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     assert "submitted sweep multinode (2 trials) as Ray job raysubmit_" in run.stdout
@@ -156,6 +158,13 @@ def test_submitted_sweep_runs_on_both_nodes(two_nodes, write_spec, tmp_path):
     runs = json.loads((out / "run.json").read_text())["runs"]
     assert runs[0]["address"] == "auto" and runs[0]["resources"]["CPU"] == 2
     assert (out / "report.html").is_file()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    logged = client.search_runs([client.get_experiment_by_name("multinode").experiment_id])
+    assert sorted(r.info.run_name for r in logged if r.info.run_name != "multinode") == sorted(trials[TRIALS.trial_id])
+    assert all(r.info.status == "FINISHED" for r in logged)
+    assert sorted(p.name for p in (out / "tensorboard" / "multinode").iterdir()) == sorted([*trials[TRIALS.trial_id], "sweep"])
     print(f"two-node submitted sweep: {time.monotonic() - started:.1f} s")
 
     job_id = run.stdout.split("as Ray job ")[1].split(";")[0]
@@ -197,3 +206,16 @@ def test_node_local_storage_is_refused_before_any_trial_runs(two_nodes, write_sp
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-3000:]
     assert "is node-local: 1 of 2 Ray nodes cannot see it" in run.stderr and "s3://" in run.stderr
     assert not (private / "out" / "plan.json").exists() and not (private / "out" / "trials.parquet").exists()
+
+
+@pytest.mark.skipif(not CAN_UNSHARE, reason="needs root and unshare(1)")
+def test_a_node_local_tracking_folder_is_refused_before_any_trial_runs(two_nodes, write_spec, tmp_path):
+    _, gcs, private = two_nodes
+    spec = write_spec("name: local\nmodel: {sizes: [{d_model: 16, n_layers: 1, n_heads: 1}]}\n"
+                      "budgets: {tokens: [8192]}\ntraining: {batch_size: 4, seq_len: 32}\n")
+    run = subprocess.run([str(BIN / "scalinglab"), "sweep", str(spec), "--address", gcs, "--storage", str(tmp_path / "out"),
+                          "--tracking", f"tensorboard={private / 'tb'}"],
+                         env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "tracking.tensorboard: " in run.stderr and "is node-local: 1 of 2 Ray nodes" in run.stderr
+    assert "tracking server's URI" in run.stderr and not (tmp_path / "out" / "trials.parquet").exists()
