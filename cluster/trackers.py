@@ -32,6 +32,7 @@ from ray.tune.logger import TBXLoggerCallback
 
 from analysis.records import EVALS, SHAPE_PREFIX, SPEC_FILE, TRIALS, Status
 from cluster.tracking import MLflowTarget, Targets
+from experiments.spec import WandbSpec
 from experiments.trial_report import TrialReport
 
 # A trial's parameters, as its trials.parquet row holds them (plus its shape_<field> columns).
@@ -296,10 +297,9 @@ class WandbTracker(SweepRuns, WandbLoggerCallback):
 
     _logger_actor_cls = _TrialActor
 
-    def __init__(self, spec) -> None:
+    def __init__(self, spec: WandbSpec) -> None:
         super().__init__(project=spec.project, entity=spec.entity, mode=spec.mode, dir=spec.dir,
                          settings={"quiet": True, "silent": True})
-        self.spec = spec
 
     def _start(self, spec_text: str) -> None:
         self.group = self.sweep  # the API key, when online, was checked by cluster.tracking
@@ -310,9 +310,14 @@ class WandbTracker(SweepRuns, WandbLoggerCallback):
         return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{digest}")[-120:]
 
     def log_trial_start(self, trial) -> None:
+        import ray
+
         tid = self.ours(trial)
-        if tid is None or trial in self._trial_logging_actors:
+        if tid is None:
             return
+        if trial in self._trial_logging_futures:  # retried by Tune: its previous run ends first
+            ray.wait([self._trial_logging_futures[trial]], timeout=60)
+            self._cleanup_logging_actors()
         trial.init_local_path()
         self._start_logging_actor(trial, [], id=self.run_id(tid), name=tid, group=self.group,
                                   job_type=str(self.recorder.rows[tid][TRIALS.role]), resume="allow",

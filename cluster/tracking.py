@@ -42,6 +42,7 @@ class Tracker(Closed):
 
 
 SPEC_TYPES = {Tracker.MLFLOW: MLflowSpec, Tracker.TENSORBOARD: TensorBoardSpec, Tracker.WANDB: WandbSpec}
+SQLITE = "sqlite:///"  # MLflow's sqlite store URI: SQLITE + a path (absolute when it starts with /)
 CHECK_TIMEOUT_S = 10.0  # a tracker that does not answer within this is unreachable
 
 
@@ -108,8 +109,7 @@ def refuse_relative(tracking: TrackingSpec, flags: Sequence[str]) -> None:
              "tracking.tensorboard dir": tracking.tensorboard and tracking.tensorboard.dir,
              "tracking.wandb dir": tracking.wandb and tracking.wandb.dir}
     for what, value in given.items():
-        path = local_path(value[len("sqlite:///"):] if value and value.startswith("sqlite:///") else value) \
-            if value else None
+        path = local_path(value.removeprefix(SQLITE)) if value else None
         if path is not None and not path.expanduser().is_absolute():
             raise UserError(f"submit: {what} {value!r} is relative; on the cluster it would land in the job's "
                             "temporary working directory. Give an absolute path on a shared filesystem or a "
@@ -154,15 +154,15 @@ def mlflow_target(uri: str, experiment: str) -> MLflowTarget:
     if scheme in ("http", "https"):
         return MLflowTarget(uri, None, experiment, None)
     if scheme == "sqlite":
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri.removeprefix(SQLITE))
         if not db.is_absolute():
             db = db.resolve()
-        return MLflowTarget(f"sqlite:///{db}", str(db.parent / "mlartifacts"), experiment, db.parent)
+        return MLflowTarget(f"{SQLITE}{db}", str(db.parent / "mlartifacts"), experiment, db.parent)
     folder = local_path(uri)
     if folder is None:
         return MLflowTarget(uri, None, experiment, None)  # postgresql://, databricks, …: MLflow's own
     folder = folder.expanduser().resolve()
-    return MLflowTarget(f"sqlite:///{folder / 'mlflow.db'}", str(folder / "artifacts"), experiment, folder)
+    return MLflowTarget(f"{SQLITE}{folder / 'mlflow.db'}", str(folder / "artifacts"), experiment, folder)
 
 
 def check_reachable(targets: Targets, folders: bool = True) -> None:
