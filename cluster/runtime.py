@@ -21,6 +21,11 @@ WORKER_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",  # faster TorchTrainer teardown
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0, Tune then prints nothing of its own
+    # Tune snapshots its experiment state (which names each trial's latest checkpoint) at the end
+    # of every step, not every >= 10 s: with a trial checkpointing more often than that, a driver
+    # killed between snapshots left a state naming a checkpoint already rotated away
+    # (num_to_keep in cluster.sweep), and --resume failed on it. Read by the driver's TuneController.
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",
 }
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a submitted job's driver

@@ -262,9 +262,10 @@ def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit
             verbose=0,
             callbacks=[Dispatch()],
             failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False),
-            # two, not one: after a driver killed between a checkpoint and Tune's next snapshot of its
-            # experiment state, the snapshot may name the older one (which must still exist)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # three, not one: a driver killed between a checkpoint and the end of Tune's next upload of
+            # its experiment state (snapshotted every step: TUNE_GLOBAL_CHECKPOINT_S in
+            # cluster.runtime) leaves a state that may name one of the older ones, which must exist
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         ),
     )
 
