@@ -297,6 +297,10 @@ TRIALS = Table("trials.parquet", "one row per trial, written by the sweep driver
     _c("final_bpb", "float64", "bits/byte", "`final_loss` in bits per byte (÷ ln 2 ÷ `bytes_per_token`): comparable "
        "across tokenizers; NaN where `bytes_per_token` is"),
     _c("entropy_rate", "float64", "nats/token", "the source's entropy rate when known (synthetic data), else NaN"),
+    _c("restarts", "int64", "", "times the trial was restarted from its last checkpoint after its worker process "
+       "or node died (`max_failures`)"),
+    _c("data_units_lost", "float64", "data units", "trained and thrown away by those restarts (trained again; "
+       "in `flops_paid`): estimated, for each, as the throughput × the time from the last checkpoint to the death"),
     _c("wall_s", "float64", "s", "trial wall time, summed over restarts"),
     _c("startup_s", "float64", "s", "from trial start to its first step (data, engine)"),
     _c("data_units_per_s", "float64", "data units/s", "training throughput across all workers, evaluation excluded"),

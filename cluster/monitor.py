@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -14,7 +15,7 @@ from ray.tune import Callback
 from analysis.records import EVALS, TRIALS, DataUnit, Role, Status
 from analysis.store import ResultsStore
 from cluster.results import BranchCheckpoints, evals_frame, trials_frame
-from cluster.trial import TRIAL_KEY
+from cluster.trial import NO_RETRY_KEY, TRIAL_KEY
 from experiments.trial_report import TrialReport
 
 # The driver's live callbacks. Tune pickles the RunConfig, callbacks included, into its
@@ -42,6 +43,9 @@ class Dispatch(Callback):
 
     def on_trial_complete(self, **info):
         self._each("on_trial_complete", info)
+
+    def on_trial_recover(self, **info):
+        self._each("on_trial_recover", info)
 
     def on_step_end(self, **info):
         self._each("on_step_end", info)
@@ -76,6 +80,7 @@ class TableRecorder(Callback):
         self.store, self.rows, self.evals = store, rows, evals
         self.replayed = replayed
         self.min_interval_s = min_interval_s
+        self.last_report: dict[str, tuple[float, int, float]] = {}  # per trial: when, data units, units/s
         self._last_write = 0.0
         self.flush()
 
@@ -92,10 +97,15 @@ class TableRecorder(Callback):
             self.flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if NO_RETRY_KEY in result:  # its own code raised: Tune must not retry it (the error follows)
+            trial.max_failures = 0
+            return
         report = TrialReport.from_tune(result)
         if report is None:
             return
         tid = trial_id(trial)
+        rate = report.throughput if report.throughput > 0 else self.last_report.get(tid, (0, 0, math.nan))[2]
+        self.last_report[tid] = (time.monotonic(), report.data_units, rate)
         self.evals += report.eval_rows(tid)
         if report.done:
             self._finish(tid, report)
@@ -117,6 +127,20 @@ class TableRecorder(Callback):
         except OSError as exc:  # a leftover checkpoint costs disk, not results
             print(f"warning: {row[TRIALS.trial_id]}: cannot delete the trunk checkpoint it started from: {exc}",
                   file=sys.stderr, flush=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Tune restarts the trial from its last checkpoint: its worker process or node died.
+        What it trained since that checkpoint is lost: its throughput × the time since."""
+        tid = trial_id(trial)
+        row = self.rows[tid]
+        row[TRIALS.restarts] += 1
+        if tid in self.last_report:
+            at, units, rate = self.last_report[tid]
+            lost = min((time.monotonic() - at) * rate, row[TRIALS.data_units] - units)
+            if lost > 0:  # (NaN when no rate was seen yet: nothing is counted)
+                row[TRIALS.data_units_lost] += lost
+                row[TRIALS.flops_paid] += lost * row[TRIALS.flops_per_unit]
+        self.flush()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         tid = trial_id(trial)
@@ -150,7 +174,8 @@ class ProgressPrinter(Callback):
         if report is None:
             return
         tid = trial_id(trial)
-        self.latest[tid] = report
+        if report.metrics or report.done:  # (a checkpoint by time carries no metrics to show)
+            self.latest[tid] = report
         if report.done:
             mark = "done" if report.status == Status.COMPLETED else report.status.value.upper()
             row = self.rows[tid]

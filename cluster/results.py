@@ -46,7 +46,7 @@ def planned_row(cfg: TrialConfig) -> dict:
         TRIALS.flops_measured: math.nan, TRIALS.flops_paid: cfg.flops_paid,
         TRIALS.final_loss: math.nan, TRIALS.final_train_loss: math.nan, TRIALS.bytes_per_token: math.nan,
         TRIALS.final_bpb: math.nan, TRIALS.entropy_rate: entropy,
-        TRIALS.wall_s: math.nan, TRIALS.startup_s: math.nan, TRIALS.data_units_per_s: math.nan,
+        TRIALS.restarts: 0, TRIALS.data_units_lost: 0.0, TRIALS.wall_s: math.nan, TRIALS.startup_s: math.nan, TRIALS.data_units_per_s: math.nan,
         TRIALS.workers: cfg.workers, TRIALS.cpus_per_worker: cfg.cpus_per_worker,
         TRIALS.gpus_per_worker: cfg.gpus_per_worker, TRIALS.zero_stage: cfg.zero_stage,
         TRIALS.precision: cfg.precision, TRIALS.node_id: "", TRIALS.seed: cfg.seed, TRIALS.lr: cfg.training.lr,

@@ -310,14 +310,9 @@ class WandbTracker(SweepRuns, WandbLoggerCallback):
         return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{digest}")[-120:]
 
     def log_trial_start(self, trial) -> None:
-        import ray
-
         tid = self.ours(trial)
-        if tid is None:
+        if tid is None or trial in self._trial_logging_futures:  # restarted by Tune: its run goes on
             return
-        if trial in self._trial_logging_futures:  # retried by Tune: its previous run ends first
-            ray.wait([self._trial_logging_futures[trial]], timeout=60)
-            self._cleanup_logging_actors()
         trial.init_local_path()
         self._start_logging_actor(trial, [], id=self.run_id(tid), name=tid, group=self.group,
                                   job_type=str(self.recorder.rows[tid][TRIALS.role]), resume="allow",

@@ -24,6 +24,9 @@ from experiments.planner import TrialConfig
 from experiments.train_loop import WorkerContext
 
 TRIAL_KEY = "trial"  # the Tune config key that holds the TrialConfig as JSON
+# A Tune result key: the trial's own code raised (this error) and it must not be retried. Sent
+# just before the exception, so the driver (cluster.monitor) sees it before Tune decides.
+NO_RETRY_KEY = "scalinglab_no_retry"
 
 
 @dataclass(frozen=True)
@@ -57,13 +60,34 @@ def run_trial(config: dict, train_storage: str = "", verbose: bool = False, fini
     cfg = TrialConfig.from_json(config[TRIAL_KEY])
     if cfg.trial_id in finished:
         return
-    if any(f in cfg.trial_id for f in hooks.fail):
-        raise RuntimeError(f"injected failure (TestHooks.fail) in trial {cfg.trial_id}")
-    _quiet_worker(verbose, cfg)
-    if cfg.workers == 1:
-        _run_in_process(cfg, results_uri)
-    else:
-        _run_torch_trainer(cfg, train_storage, verbose, results_uri)
+    try:
+        if any(f in cfg.trial_id for f in hooks.fail):
+            raise RuntimeError(f"injected failure (TestHooks.fail) in trial {cfg.trial_id}")
+        _quiet_worker(verbose, cfg)
+        if cfg.workers == 1:
+            _run_in_process(cfg, results_uri)
+        else:
+            _run_torch_trainer(cfg, train_storage, verbose, results_uri)
+    except Exception as exc:
+        if not worker_died(exc):  # a bug, a bad config: retrying would fail the same way
+            from ray import tune
+
+            tune.report({NO_RETRY_KEY: f"{type(exc).__name__}: {exc}"[:500]})
+        raise
+
+
+def worker_died(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, a Ray Train worker's process dying (which Ray
+    reports as a ``RayActorError``, alone or among a worker group's failures)."""
+    from ray.exceptions import RayActorError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        failures = getattr(seen, "worker_failures", None) or {}
+        if isinstance(seen, RayActorError) or any(isinstance(e, RayActorError) for e in failures.values()):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def worker_context(cfg: TrialConfig, results_uri: str, rank: int, world: int, report, restore_dir, node_id: str):

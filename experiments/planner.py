@@ -68,6 +68,7 @@ class TrialConfig:
     decay_start: int = 0  # wsd: the step the cooldown starts (a trunk: its end, never)
     flops_paid: float = 0.0  # FLOPs this trial alone trains (a branch: its cooldown only)
     lr_chosen_by: LRSource = LRSource.SPEC
+    checkpoint_every_s: float = 0.0  # also checkpoint after this much training since the last one (0: off)
 
     @property
     def seed(self) -> int:
@@ -278,7 +279,7 @@ def _trial(spec, located, family: ModelFamily, size: SizeSpec, shape, i, j, plan
         precision="fp32" if spec.deepspeed.precision == "auto" and res.gpus_per_worker == 0 else spec.deepspeed.precision,
         validation_units=validation, training=tr, data=spec.data, sample_grid=spec.evaluation.sample_grid,
         probes=spec.probes, size_index=i, flops_paid=fpu * units,
-        lr_chosen_by=LRSource.PENDING if searching else LRSource.SPEC,
+        lr_chosen_by=LRSource.PENDING if searching else LRSource.SPEC, checkpoint_every_s=spec.checkpoint_every_s,
     )
 
 

@@ -330,11 +330,16 @@ class SweepSpec:
     evaluation: EvalSpec = field(default_factory=EvalSpec, metadata={"doc": "held-out data and evaluation points"})
     probes: ProbeSpec = field(default_factory=ProbeSpec, metadata={"doc": "capability probes (language models)"})
     storage: str | None = doc_field(None, "default results/<name>; a local path or a URI Ray and pyarrow accept")
-    max_failures: int = doc_field(0, "Ray Tune retries of a failed trial")
+    max_failures: int = doc_field(2, "retries of a trial whose worker process or node died, from its last "
+                                  "checkpoint (Ray Tune's fault tolerance); a trial whose own code raised is not retried")
+    checkpoint_every_s: float = doc_field(300.0, "a running trial also checkpoints when this many seconds of training "
+                                          "have passed since its last checkpoint (0: at evaluation points only)")
     tracking: TrackingSpec = field(default_factory=TrackingSpec, metadata={"doc": "experiment trackers (MLflow, "
                                                                               "TensorBoard, W&B)"})
 
     def __post_init__(self) -> None:
+        if self.max_failures < -1 or self.checkpoint_every_s < 0:
+            raise ValueError("max_failures must be >= 0 (-1: retry forever) and checkpoint_every_s >= 0")
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise ValueError(
                 f"name must be non-empty letters, digits, '-', '_' or '.', got {self.name!r}"

@@ -173,6 +173,7 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
     history: list[dict[str, float]] = []  # evaluation points, for the family's health check
     step = progress.step
     report = _report(cfg, step, clock, base)
+    checkpointed = time.perf_counter()  # when this run last checkpointed (or started)
     while step < cfg.steps:
         t0 = time.perf_counter()
         batch = torch.from_numpy(data.batch(step, ctx.rank, ctx.world_size)).to(engine.device)
@@ -189,6 +190,10 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
             return _finish(ctx, cfg, step, clock, base, status=Status.DIVERGED,
                            error=f"training loss is {mean_loss} at step {step}")
         if step not in cfg.eval_steps:
+            if _checkpoint_due(cfg, checkpointed, ctx.world_size):  # by time, between evaluation points
+                _report_with_checkpoint(ctx, engine, _report(cfg, step, clock, base),
+                                        _Progress(step=step, wall_s=clock.elapsed()))
+                checkpointed = time.perf_counter()
             continue
         metrics = _evaluate(family, engine, val, ctx.world_size, cfg)
         metrics.update({TRAIN_LOSS: sum(losses) / len(losses), LR: engine.get_lr()[0],
@@ -207,6 +212,7 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
             return _finish(ctx, cfg, step, clock, base, metrics=metrics, status=status, caveats=caveat)
         report = _report(cfg, step, clock, base, metrics=metrics, caveats=caveat)
         _report_with_checkpoint(ctx, engine, report, _Progress(step=step, wall_s=report.elapsed_s))
+        checkpointed = time.perf_counter()
     return report  # only reached when restored from a checkpoint at the very end
 
 
@@ -307,6 +313,15 @@ def _set_lr(engine, step: int) -> None:
     sched = engine.lr_scheduler
     for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
         group["lr"] = base * fn(step)
+
+
+def _checkpoint_due(cfg: TrialConfig, since: float, world: int) -> bool:
+    """Whether ``cfg.checkpoint_every_s`` has passed since ``since``: on any worker, so that
+    every worker takes the (collective) checkpoint at the same step."""
+    if cfg.checkpoint_every_s <= 0:
+        return False
+    due = float(time.perf_counter() - since >= cfg.checkpoint_every_s)
+    return _mean_over_workers(torch.tensor(due), world) > 0
 
 
 def _mean_over_workers(value: torch.Tensor, world: int) -> float:

@@ -21,8 +21,9 @@ class TrialReport:
     data_units: int  # trained so far, all workers (tokens or samples)
     flops: float  # C trained so far
     # Held-out metrics of this evaluation point (the family's, probes'), train_loss,
-    # train_<name>, lr, data_units_per_s: each one row of evals.parquet. Empty for a final
-    # report that comes without an evaluation (a loss that went NaN between points).
+    # train_<name>, lr, data_units_per_s: each one row of evals.parquet. Empty for a report
+    # that comes without an evaluation: a checkpoint by time between evaluation points
+    # (``checkpoint_every_s``), or a final report of a loss that went NaN between points.
     metrics: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0  # trial wall time so far, summed over restarts
     startup_s: float = 0.0  # from the start of this run of the trial to its first step
