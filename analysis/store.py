@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from analysis.errors import UserError
+
+WRITE_ATTEMPTS = 4  # a write that fails (OSError) is tried again, after 1, 2, 3 s
+RETRY_WAIT_S = 1.0
 
 
 def storage_uri(path: str | Path) -> str:
@@ -49,8 +53,29 @@ class ResultsStore:
     def makedirs(self, name: str = "") -> None:
         self.fs.create_dir(self.path(name), recursive=True)
 
+    def check_reachable(self) -> None:
+        """Raise UserError when the store cannot be listed (an object store out of reach, bad
+        credentials): before a sweep starts anything."""
+        try:
+            self.fs.get_file_info(self.root)
+        except OSError as exc:
+            raise UserError(f"storage: cannot reach {self.uri}: {str(exc).strip().splitlines()[0][:300]}; check the "
+                            "endpoint, network and credentials (for S3: the AWS_* environment variables)") from None
+
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Atomically: a temporary file beside the target, then a rename."""
+        """Atomically: a temporary file beside the target, then a rename. A failed attempt
+        (an object store's transient error) is retried, WRITE_ATTEMPTS in all; the target is
+        only ever the old file or the whole new one."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                self._write_once(name, data)
+                return
+            except OSError:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                time.sleep(RETRY_WAIT_S * attempt)
+
+    def _write_once(self, name: str, data: bytes) -> None:
         folder, _, base = name.rpartition("/")
         self.makedirs(folder)
         tmp = self.path(f"{folder + '/' if folder else ''}.{base}.tmp-{uuid.uuid4().hex[:8]}")

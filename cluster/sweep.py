@@ -69,6 +69,7 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     started = time.monotonic()
     spec, trials, uri = prepare(spec_path, storage)
     store = ResultsStore(uri)
+    store.check_reachable()  # an object store out of reach stops us here, before Ray starts
     trackers_at = targets(spec.tracking, tracking, spec.name, uri)  # an unreachable tracker stops us here
     owns_ray = start_ray(address, verbose=verbose)
     resources = cluster_resources()

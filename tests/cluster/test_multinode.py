@@ -21,7 +21,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from analysis.records import TRIALS, Status
+from analysis.records import EVALS, TRIALS, Status
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -105,7 +105,7 @@ def two_node_cluster(private_dir: Path | None = None):
             run = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
                                  env=_env(temp), capture_output=True, text=True, timeout=180)
             assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-        yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}"
+        yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", temp
     finally:
         _stop_by_pid(temp)
         shutil.rmtree(temp, ignore_errors=True)
@@ -119,7 +119,7 @@ def two_nodes(tmp_path_factory):
     """One two-node cluster for the module: (dashboard address, GCS address, a folder that only
     the head sees, or None where a private mount namespace cannot be made)."""
     private = tmp_path_factory.mktemp("node-local") / "local-to-each-node" if CAN_UNSHARE else None
-    with two_node_cluster(private_dir=private) as (address, gcs):
+    with two_node_cluster(private_dir=private) as (address, gcs, _):
         yield address, gcs, private
 
 
@@ -219,3 +219,71 @@ def test_a_node_local_tracking_folder_is_refused_before_any_trial_runs(two_nodes
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-3000:]
     assert "tracking.tensorboard: " in run.stderr and "is node-local: 1 of 2 Ray nodes" in run.stderr
     assert "tracking server's URI" in run.stderr and not (tmp_path / "out" / "trials.parquet").exists()
+
+
+def test_a_trial_on_a_lost_node_finishes_on_the_head_node(write_spec, tmp_path):
+    """Stop the second node (its raylet and everything it runs, by PID) while a trial trains
+    there: Tune retries the trial from its last checkpoint on the head node; nothing is lost."""
+    spec = write_spec("""\
+        name: lost-node
+        model:
+          sizes:
+            - {d_model: 32, n_layers: 2, n_heads: 2}
+            - {d_model: 48, n_layers: 2, n_heads: 2}
+        budgets: {tokens: [131072]}
+        training: {batch_size: 4, seq_len: 32}
+        evaluation: {validation_tokens: 1024, points: 4}
+        checkpoint_every_s: 2
+        """)
+    out = tmp_path / "out"
+    with two_node_cluster() as (_, gcs, temp):
+        driver = subprocess.Popen([str(BIN / "scalinglab"), "sweep", str(spec), "--address", gcs, "--storage", str(out),
+                                   "--no-fit", "--no-report"], env=_env(), cwd=REPO,
+                                  stdout=(tmp_path / "sweep.log").open("w"), stderr=subprocess.STDOUT)
+        try:
+            second = _node_processes(temp, "node2")
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                assert driver.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+                if not (out / EVALS.file).exists():
+                    continue
+                evals = pd.read_parquet(out / EVALS.file)
+                trained = evals.groupby(EVALS.trial_id)[EVALS.step].max()
+                if len(trained) == 2 and any(p.name().startswith("ray::ImplicitFunc") for p in _tree(second)):
+                    break  # both trials past a point, one of them on the second node
+            victims = _tree(second)
+            for proc in victims:  # the node is lost: its raylet and every process under it
+                proc.kill()
+            psutil.wait_procs(victims, timeout=30)
+            assert driver.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-4000:]
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    trials = pd.read_parquet(out / TRIALS.file).set_index(TRIALS.trial_id)
+    assert (trials[TRIALS.status] == Status.COMPLETED).all()
+    assert sorted(trials[TRIALS.restarts]) == [0, 1]
+    assert trials[TRIALS.node_id].nunique() == 1  # both ended on the head node
+    evals = pd.read_parquet(out / EVALS.file)
+    for tid, row in trials.iterrows():  # every trial's last evaluation point is its end
+        assert evals[evals[EVALS.trial_id] == tid][EVALS.data_units].max() == row[TRIALS.data_units]
+    print(f"lost node: restarted trial lost {trials[TRIALS.data_units_lost].max():.0f} tokens")
+
+
+def _node_processes(mark: str, node_dir: str) -> psutil.Process:
+    """The raylet of the node whose temp dir ends in ``node_dir``, among this cluster's processes."""
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] == "raylet" and proc.environ().get(MARK) == mark \
+                    and any(node_dir in arg for arg in proc.info["cmdline"] or []):
+                return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError(f"no raylet of {node_dir}")
+
+
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
