@@ -5,8 +5,12 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
+import subprocess
 import tempfile
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -81,6 +85,28 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(command: list[str], url: str, log: Path, timeout_s: float = 120, **popen) -> subprocess.Popen:
+    """Start a server (its output to ``log``) and wait until ``url`` answers; the test fails,
+    with the log's tail, when the server exits or does not answer within ``timeout_s``."""
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w"), **popen)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return server
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"{command[0]} did not start: " + log.read_text()[-2000:])
+            time.sleep(0.3)
 
 
 MINIMAL_SPEC = """\

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -21,8 +20,7 @@ import pytest
 from analysis.records import EVALS, TRIALS, Status
 from analysis.store import ResultsStore
 from tests.cluster.test_sweep_e2e import _descendants, kill_tree
-from tests.cluster.test_tracking import _free_port
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port, serve
 
 BIN = Path(sys.executable).parent
 BUCKET = "scalinglab-test"
@@ -41,20 +39,9 @@ evaluation: {validation_tokens: 1024, points: 4}
 def s3(tmp_path):
     """A moto S3 server with one bucket; yields the environment that points the AWS SDK at it
     (fresh random credentials, so a test can look for them in everything written)."""
-    port = _free_port()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "moto.log", "w"))
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail("moto_server did not start: " + (tmp_path / "moto.log").read_text()[-2000:])
-            time.sleep(0.3)
+    server = serve([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], endpoint, tmp_path / "moto.log")
     env = {"AWS_ACCESS_KEY_ID": f"AKIA{uuid.uuid4().hex[:16].upper()}", "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex * 2,
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
     saved = {k: os.environ.get(k) for k in env}
@@ -126,7 +113,7 @@ def test_a_sweep_in_s3_is_readable_mid_sweep_resumes_after_a_kill_and_never_writ
 
 
 def test_an_unreachable_store_is_exit_2_before_anything_runs(scalinglab, write_spec, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
     started = time.monotonic()

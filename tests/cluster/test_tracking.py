@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,15 +18,9 @@ from analysis.errors import UserError
 from analysis.records import EVALS, LOSS, TRIALS, Status
 from cluster.tracking import Tracker, mlflow_target, resolve, with_flags
 from experiments.spec import MLflowSpec, TrackingSpec, WandbSpec
-from tests.conftest import MINIMAL_SPEC
+from tests.conftest import MINIMAL_SPEC, free_port, serve
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- flags, defaults, the spec block ------------------------------------------------------
@@ -74,11 +66,11 @@ def test_the_spec_block_is_typed_and_its_errors_name_the_line(write_spec):
 def test_an_unreachable_tracker_is_exit_2_before_anything_runs(scalinglab, write_spec, tmp_path, monkeypatch):
     spec, out = write_spec(MINIMAL_SPEC), tmp_path / "out"
     started = time.monotonic()
-    code, _, err = scalinglab("sweep", spec, "--storage", out, "--tracking", f"mlflow=http://127.0.0.1:{_free_port()}")
+    code, _, err = scalinglab("sweep", spec, "--storage", out, "--tracking", f"mlflow=http://127.0.0.1:{free_port()}")
     assert code == 2 and "tracking.mlflow: cannot reach the MLflow tracking store http://127.0.0.1:" in err, err
     assert time.monotonic() - started < 60 and not (out / "plan.json").exists()
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{free_port()}")
     code, _, err = scalinglab("sweep", spec, "--storage", out, "--tracking", "wandb=p")
     assert code == 2 and "tracking.wandb: cannot reach W&B at http://127.0.0.1:" in err and "offline" in err, err
     assert not (out / "plan.json").exists()
@@ -92,23 +84,12 @@ def test_an_unreachable_tracker_is_exit_2_before_anything_runs(scalinglab, write
 @pytest.fixture
 def mlflow_server(tmp_path):
     """``mlflow server`` on 127.0.0.1 with an sqlite store; stopped (by its PID) afterwards."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
+    server = serve([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                    "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                    "--artifacts-destination", str(tmp_path / "server-artifacts")],
+                   f"{uri}/health", tmp_path / "server.log", cwd=tmp_path)
     yield uri
     server.terminate()
     try:
