@@ -197,7 +197,9 @@ def _initial_tables(store: ResultsStore, trials: list[TrialConfig], resume: bool
     if store.exists(TRIALS.file):
         for row in store.read_table(TRIALS.file).to_dict("records"):
             if row[TRIALS.trial_id] in rows and Status(row[TRIALS.status]).kept_on_resume(retry_failed):
-                rows[row[TRIALS.trial_id]] = row
+                # the row on disk, over the planned one: a column added since it was written
+                # (e.g. `restarts`) keeps its planned value
+                rows[row[TRIALS.trial_id]] = {**rows[row[TRIALS.trial_id]], **row}
     if store.exists(EVALS.file):
         evals = store.read_table(EVALS.file).to_dict("records")
     return rows, evals
