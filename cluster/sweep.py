@@ -68,6 +68,7 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
 
     started = time.monotonic()
     spec, trials, uri = prepare(spec_path, storage)
+    spec_text = Path(spec_path).read_text()
     store = ResultsStore(uri)
     store.check_reachable()  # an object store out of reach stops us here, before Ray starts
     trackers_at = targets(spec.tracking, tracking, spec.name, uri)  # an unreachable tracker stops us here
@@ -78,7 +79,7 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
         for what, folder in trackers_at.local_folders():
             check_shared(str(folder), what)
         _check_placement(trials, embedded=address is None)
-        rows, evals = _initial_tables(store, trials, resume, Path(spec_path).read_text(), retry_failed)
+        rows, evals = _initial_tables(store, trials, resume, spec_text, retry_failed)
     except UserError:
         if owns_ray:
             stop_ray()
@@ -90,7 +91,7 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     printer = ProgressPrinter(rows, interval_s=progress_interval_s)
     trackers: list = []
     try:
-        trackers = _open_trackers(trackers_at, recorder, uri, spec.name, Path(spec_path).read_text())
+        trackers = _open_trackers(trackers_at, recorder, uri, spec.name, spec_text)
         ACTIVE[:] = [recorder, printer, *trackers]
         phases = sweep_phases(trials)
         for k, (tune_dir, what, phase) in enumerate(phases):

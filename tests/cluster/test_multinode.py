@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,11 @@ import psutil
 import pytest
 
 from analysis.records import EVALS, TRIALS, Status
-from tests.conftest import REPO
+from tests.cluster.test_sweep_e2e import _descendants
+from tests.conftest import REPO, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 MARK = "SCALINGLAB_TEST_CLUSTER"  # every process of a test cluster inherits it from `ray start`
@@ -76,7 +70,7 @@ def _stop_by_pid(mark: str) -> int:
 
 
 def _agent_ports() -> list[str]:
-    return [f"--{name}={_free_port()}" for name in
+    return [f"--{name}={free_port()}" for name in
             ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")]
 
 
@@ -86,7 +80,7 @@ def two_node_cluster(private_dir: Path | None = None):
     namespace with an empty tmpfs over that folder: a node-local path, as on a real cluster
     (every other path is shared by the two)."""
     temp = tempfile.mkdtemp(prefix="sl-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     try:
         _ray("start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
              "--include-dashboard=true", "--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp}",
@@ -250,9 +244,9 @@ def test_a_trial_on_a_lost_node_finishes_on_the_head_node(write_spec, tmp_path):
                     continue
                 evals = pd.read_parquet(out / EVALS.file)
                 trained = evals.groupby(EVALS.trial_id)[EVALS.step].max()
-                if len(trained) == 2 and any(p.name().startswith("ray::ImplicitFunc") for p in _tree(second)):
+                if len(trained) == 2 and any(p.name().startswith("ray::ImplicitFunc") for p in _descendants(second.pid)):
                     break  # both trials past a point, one of them on the second node
-            victims = _tree(second)
+            victims = [second, *_descendants(second.pid)]
             for proc in victims:  # the node is lost: its raylet and every process under it
                 proc.kill()
             psutil.wait_procs(victims, timeout=30)
@@ -281,9 +275,3 @@ def _node_processes(mark: str, node_dir: str) -> psutil.Process:
             continue
     raise AssertionError(f"no raylet of {node_dir}")
 
-
-def _tree(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
