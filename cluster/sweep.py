@@ -162,7 +162,7 @@ def _record_run(store: ResultsStore, address: str | None, resources: dict, resum
 
 def default_concurrency(trials: list[TrialConfig], resources: dict) -> int:
     """How many trials the cluster can hold at once. Tune would otherwise start every
-    multi-worker trial at once (each holds only 0.01 CPU while its TorchTrainer waits for
+    multi-worker trial at once (each holds no CPU while its TorchTrainer waits for
     worker resources), paying a trial process per pending trial for nothing."""
     smallest_cpu = min(t.workers * t.cpus_per_worker for t in trials)
     limit = int(resources.get("CPU", 1) // smallest_cpu)

@@ -3,8 +3,8 @@
 - ``workers == 1``: the DeepSpeed engine runs (world size 1, its own gloo/NCCL group)
   directly inside the Tune trial, which holds the worker's CPUs and GPUs. A TorchTrainer
   costs ~25 s and ~3 GB per trial on a 2-core machine (NOTES-ray-deepspeed.md).
-- ``workers > 1``: the trial holds almost nothing and launches a Ray Train ``TorchTrainer``
-  whose workers carry the resources; each worker runs the same loop on its data shard, and
+- ``workers > 1``: the trial holds no CPU (``DRIVER_BUNDLE``) and launches a Ray Train
+  ``TorchTrainer`` whose workers carry the resources; each worker runs the same loop on its data shard, and
   rank 0's metrics reach Tune through ``TuneReportCallback``.
 
 Checkpoints: single-worker trials checkpoint through Tune, multi-worker ones through Train
@@ -27,6 +27,9 @@ TRIAL_KEY = "trial"  # the Tune config key that holds the TrialConfig as JSON
 # A Tune result key: the trial's own code raised (this error) and it must not be retried. Sent
 # just before the exception, so the driver (cluster.monitor) sees it before Tune decides.
 NO_RETRY_KEY = "scalinglab_no_retry"
+# What a multi-worker trial's own process holds: no CPU, so that its workers can take every CPU
+# (0.01 CPU left 2 one-CPU workers waiting forever on a 2-CPU node); a bundle cannot be empty.
+DRIVER_BUNDLE = {"CPU": 0, "memory": 64 << 20}
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def resources_for(config: dict):
         return tune.PlacementGroupFactory(
             [{"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker}]
         )
-    return tune.PlacementGroupFactory([{"CPU": 0.01}])
+    return tune.PlacementGroupFactory([DRIVER_BUNDLE])
 
 
 def run_trial(config: dict, train_storage: str = "", verbose: bool = False, finished: frozenset = frozenset(),
@@ -77,16 +80,22 @@ def run_trial(config: dict, train_storage: str = "", verbose: bool = False, fini
 
 
 def worker_died(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or was caused by, a Ray Train worker's process dying (which Ray
-    reports as a ``RayActorError``, alone or among a worker group's failures)."""
+    """Whether ``exc`` is, or was caused by, a Ray worker process dying or hanging: a
+    ``RayActorError`` (also as the failure of Ray Train's health check of a worker), or that
+    health check timing out, alone or among a worker group's failures, at any depth."""
     from ray.exceptions import RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckTimeoutError
 
-    seen: BaseException | None = exc
-    while seen is not None:
-        failures = getattr(seen, "worker_failures", None) or {}
-        if isinstance(seen, RayActorError) or any(isinstance(e, RayActorError) for e in failures.values()):
+    pending, seen = [exc], set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, (RayActorError, WorkerHealthCheckTimeoutError)):
             return True
-        seen = seen.__cause__ or seen.__context__
+        pending += [error.__cause__, error.__context__, getattr(error, "health_check_failure", None),
+                    *(getattr(error, "worker_failures", None) or {}).values()]
     return False
 
 
