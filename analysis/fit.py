@@ -100,14 +100,16 @@ def identifiable(law: str, points: Points) -> str | None:
 def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None = None,
              bootstrap: int = 1000, seed: int = 0, n_col: str = TRIALS.n_params, d_col: str = TRIALS.data_units,
              c_col: str = TRIALS.flops, loss_col: str = TRIALS.final_loss, full_grid: bool = False,
-             n_count: NCount = NCount.SCALING, log=None) -> list[FitResult]:
+             n_count: NCount = NCount.SCALING, jobs: int | None = None, log=None) -> list[FitResult]:
     """Fit ``laws`` (default: every law the data can identify) to a results folder, a
     CSV/Parquet path or a DataFrame. ``predict`` holds targets like 'N=1e9,D=2e10'.
     ``full_grid`` runs L-BFGS from every grid start (slow), so ``starts_at_best`` counts
     over the whole grid rather than its 32 best starts. ``n_count`` chooses N: the family's
     scaling count (``n_params``) or every parameter (``total_params``); an explicit ``n_col``
-    wins over it."""
+    wins over it. ``jobs`` processes run the bootstrap (default: one per core)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs {jobs}: expected a number of processes >= 1 (default: one per core)")
     unknown = [law for law in laws or [] if law not in LAW_NAMES]
     if unknown:
         raise UserError(f"unknown law(s) {unknown}; expected some of {LAW_NAMES}")
@@ -145,7 +147,7 @@ def fit_laws(source, *, laws: list[str] | None = None, predict: list[str] | None
         sub = Points(frame.reset_index(drop=True), points.dropped, list(points.warnings), flops=points.flops)
         usable = [t for t in targets if _can_predict(spec.variables, t, law)]
         result = fit_lse_law(spec, sub, bootstrap=bootstrap, seed=seed, predict=usable,
-                             top_k=None if full_grid else 32)
+                             top_k=None if full_grid else 32, workers=jobs)
         result.diagnostics["subset"] = subset
         result.warnings += [f"--predict {t} skipped: {law} needs {', '.join(spec.variables)}"
                             for t in targets if t not in usable]

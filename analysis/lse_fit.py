@@ -18,6 +18,10 @@ therefore optimise f / f_scale, with f_scale the objective's value where the run
 the rule sees an objective of order 1, with ftol = 1e-12 and gtol = 1e-8; a run that starts
 far from its optimum (a grid start) is polished by a second run rescaled at that optimum.
 
+Bootstrap refits start at the full-data optimum, close to their own: there, batched damped
+Newton with the closed-form Hessian (``newton_refits``) reaches the optimum L-BFGS reaches, in
+~20× less time for 1,000 resamples, all of them at once.
+
 Parameter vector: [e, a_1, α_1, a_2, α_2, …] (e omitted when ``with_e`` is False).
 """
 
@@ -75,26 +79,33 @@ def _terms(params: np.ndarray, logx: np.ndarray, with_e: bool) -> np.ndarray:
 
 def objective(params: np.ndarray, logx: np.ndarray, logy: np.ndarray, with_e: bool,
               weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """Summed Huber loss and its analytic gradient. ``weights`` counts each point's copies
-    (a bootstrap resample is a weight vector, which avoids copying the data)."""
-    terms = _terms(params, logx, with_e)  # [n, T]
-    m = terms.max(axis=-1, keepdims=True)
-    ex = np.exp(terms - m)
-    total = ex.sum(axis=-1, keepdims=True)
-    r = (m + np.log(total))[:, 0] - logy
+    """Summed Huber loss and its analytic gradient, for one parameter vector [P]. ``weights``
+    counts each point's copies (a bootstrap resample is a weight vector, which avoids copying
+    the data). Written out term by term (no [n, T] concatenation): every L-BFGS step of every
+    bootstrap refit calls it, ~57 times per refit."""
+    offset = 1 if with_e else 0
+    k = logx.shape[1]
+    t = params[offset:offset + 2 * k:2] - logx * params[offset + 1:offset + 2 * k:2]  # [n, K]
+    m = t.max(axis=1)
+    if with_e:
+        m = np.maximum(m, params[0])
+    ex = np.exp(t - m[:, None])
+    total = ex.sum(axis=1)
+    if with_e:
+        ex_e = np.exp(params[0] - m)
+        total += ex_e
+    r = m + np.log(total) - logy  # log L̂ − log L
     psi = np.clip(r, -HUBER_DELTA, HUBER_DELTA)  # dHuber/dr
     loss = huber(r)
     if weights is not None:
         psi, loss = psi * weights, loss * weights
-    w = ex / total  # softmax: d LSE / d term
-    pw = psi[:, None] * w
+    q = psi / total  # psi times the softmax's denominator: d LSE / d term = exp(term − m) / total
+    pw = ex * q[:, None]
     grad = np.empty_like(params)
-    offset = 0
     if with_e:
-        grad[0] = pw[:, 0].sum()
-        offset = 1
-    grad[offset::2] = pw[:, offset:].sum(axis=0)
-    grad[offset + 1::2] = -(pw[:, offset:] * logx).sum(axis=0)
+        grad[0] = q @ ex_e
+    grad[offset::2] = pw.sum(axis=0)
+    grad[offset + 1::2] = -(pw * logx).sum(axis=0)
     return float(loss.sum()), grad
 
 
@@ -164,3 +175,104 @@ def fit_from_grid(logx: np.ndarray, logy: np.ndarray, with_e: bool, *,
     best = min(optima, key=lambda o: o.objective)
     at_best = sum(o.objective <= best.objective * (1 + rel_tol) + 1e-18 for o in optima)
     return GridFit(best, len(starts), len(chosen), at_best, optima)
+
+
+# Warm-started refits of many resamples at once (the bootstrap's): damped Newton on every
+# resample together, vectorised over them. The model's terms are linear in the parameters,
+# so the Hessian has a closed form: with p the LSE's softmax over terms, J = ∂r/∂params and
+# G_t = ∂term_t/∂params (constant),
+#     H = Σ_i w_i [h''(r_i) J_i J_iᵀ + h'(r_i) (Σ_t p_it G_t G_tᵀ − J_i J_iᵀ)].
+# Negative curvature (h' < 0 where the fit overshoots) is handled by taking |eigenvalues|,
+# steps by Armijo backtracking; a resample that has not converged in NEWTON_MAX_ITER steps is
+# left to L-BFGS by the caller.
+NEWTON_MAX_ITER = 60
+# Converged when Newton's predicted decrease is below NEWTON_RTOL × the objective, and either
+# every gradient component is below NEWTON_GTOL × the objective (L-BFGS's gtol, on the
+# objective scaled to 1) or no step lowers the objective any more (float precision). A small
+# predicted decrease alone can be a flat valley's slow slide, as where E → 0.
+NEWTON_RTOL = 1e-13
+NEWTON_GTOL = 1e-8
+
+
+def _term_gradients(logx: np.ndarray, with_e: bool) -> np.ndarray:
+    """∂term_t/∂params for every point: [n, T, P] (constant: the terms are linear)."""
+    n, k = logx.shape
+    offset = 1 if with_e else 0
+    grads = np.zeros((n, k + offset, offset + 2 * k))
+    if with_e:
+        grads[:, 0, 0] = 1.0
+    for j in range(k):
+        grads[:, offset + j, offset + 2 * j] = 1.0
+        grads[:, offset + j, offset + 2 * j + 1] = -logx[:, j]
+    return grads
+
+
+def _batch_residuals(params: np.ndarray, logx: np.ndarray, logy: np.ndarray, with_e: bool):
+    """(r [B, n], softmax over terms [B, n, T]) for params [B, P]."""
+    terms = _terms(params, logx, with_e)  # [B, n, T]
+    m = terms.max(axis=-1, keepdims=True)
+    ex = np.exp(terms - m)
+    total = ex.sum(axis=-1, keepdims=True)
+    return (m + np.log(total))[..., 0] - logy, ex / total
+
+
+def _batch_objective(params, logx, logy, with_e, weights) -> np.ndarray:
+    return (huber(_batch_residuals(params, logx, logy, with_e)[0]) * weights).sum(axis=1)
+
+
+def _batch_derivatives(params, grads, logx, logy, with_e, weights):
+    """(objective [B], gradient [B, P], Hessian [B, P, P]) for params [B, P]."""
+    r, p = _batch_residuals(params, logx, logy, with_e)
+    psi = np.clip(r, -HUBER_DELTA, HUBER_DELTA)
+    inside = (np.abs(r) <= HUBER_DELTA).astype(float)
+    jac = np.einsum("bnt,ntp->bnp", p, grads)  # ∂r/∂params
+    f = (huber(r) * weights).sum(axis=1)
+    g = np.einsum("bn,bnp->bp", weights * psi, jac)
+    size = params.shape[1]
+    outer_t = np.einsum("ntp,ntq->ntpq", grads, grads).reshape(-1, size * size)  # G_t G_tᵀ
+    lse_part = ((weights * psi)[..., None] * p).reshape(len(params), -1) @ outer_t
+    h = np.matmul(((weights * (inside - psi))[..., None] * jac).transpose(0, 2, 1), jac)
+    return f, g, h + lse_part.reshape(-1, size, size)
+
+
+def newton_refits(x0: np.ndarray, logx: np.ndarray, logy: np.ndarray, with_e: bool,
+                  weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise the objective under each row of ``weights`` [B, n], from ``x0``: (params
+    [B, P], converged [B]). The rows that did not converge hold their last iterate."""
+    grads = _term_gradients(logx, with_e)
+    x = np.tile(np.asarray(x0, dtype=float), (len(weights), 1))
+    converged = np.zeros(len(weights), dtype=bool)
+    live = np.arange(len(weights))  # rows still iterating
+    for _ in range(NEWTON_MAX_ITER):
+        if not len(live):
+            break
+        w = weights[live]
+        f, g, h = _batch_derivatives(x[live], grads, logx, logy, with_e, w)
+        values, vectors = np.linalg.eigh(h)
+        floor = 1e-12 * np.abs(values).max(axis=1, keepdims=True) + 1e-300
+        coef = np.einsum("bqp,bq->bp", vectors, g) / np.maximum(np.abs(values), floor)
+        step = -np.einsum("bpq,bq->bp", vectors, coef)
+        slope = (g * step).sum(axis=1)  # < 0: a descent direction
+        small = -slope <= NEWTON_RTOL * f
+        done = small & (np.abs(g).max(axis=1) <= NEWTON_GTOL * f)
+        converged[live[done]] = True
+        todo = ~done
+        alpha = np.ones(todo.sum())
+        accepted = np.zeros(todo.sum(), dtype=bool)
+        idx = live[todo]
+        for _ in range(40):  # Armijo backtracking, halving until the decrease is sufficient
+            pending = ~accepted
+            if not pending.any():
+                break
+            trial = x[idx[pending]] + alpha[pending, None] * step[todo][pending]
+            with np.errstate(over="ignore", invalid="ignore"):  # a far step: inf or nan, refused below
+                f_new = _batch_objective(trial, logx, logy, with_e, weights[idx[pending]])
+            before = f[todo][pending]
+            ok = (f_new <= before + 1e-4 * alpha[pending] * slope[todo][pending]) & (f_new < before)
+            rows = np.flatnonzero(pending)
+            x[idx[rows[ok]]] = trial[ok]
+            accepted[rows[ok]] = True
+            alpha[rows[~ok]] /= 2
+        converged[idx[~accepted & small[todo]]] = True  # no step helps: at float precision
+        live = idx[accepted]  # any other row whose line search failed stops here, unconverged
+    return x, converged

@@ -147,7 +147,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     results = fit_laws(args.source, laws=args.law, predict=args.predict, bootstrap=args.bootstrap,
                        seed=args.seed, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
-                       loss_col=args.loss_col, full_grid=args.full_grid, n_count=args.n_count)
+                       loss_col=args.loss_col, full_grid=args.full_grid, n_count=args.n_count, jobs=args.jobs)
     if args.format == "json":
         print(json.dumps({"fits": [r.to_json() for r in results], "approaches": jsonable(compare_approaches(results))}))
     else:
@@ -295,6 +295,7 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--predict", action="append", help="a target: N=1e9,D=2e10 or C=1e21 (repeatable)")
     fit.add_argument("--bootstrap", type=int, default=1000, help="resamples for intervals (0: off)")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--jobs", type=int, help="processes for the bootstrap (default: one per core)")
     fit.add_argument("--n-count", choices=[c.value for c in NCount], default=NCount.SCALING.value,
                      help="N: the family's scaling count (n_params: non-embedding for the transformer) or every "
                      "parameter (total_params)")

@@ -59,10 +59,25 @@ def test_fit_default_laws_and_text_summary(points_csv, capsys):
     assert "alpha" in out and "held-out" in out
 
 
+def test_the_bootstrap_gives_the_same_intervals_on_one_process_or_two(points_csv, capsys):
+    fits = []
+    for jobs in ("1", "2"):
+        code = main(["fit", str(points_csv), "--law", "chinchilla", "--n-col", "params", "--d-col", "tokens",
+                     "--loss-col", "loss", "--bootstrap", "100", "--jobs", jobs, "--format", "json"])
+        assert code == 0
+        fits.append(json.loads(capsys.readouterr().out)["fits"][0])
+    one, two = fits  # equal but for summation order (each worker's Newton batch has other rows)
+    for group in ("params", "derived"):
+        for name, iv in one[group].items():
+            assert iv == pytest.approx(two[group][name], rel=1e-9), name
+    assert one["diagnostics"]["bootstrap_check"] == two["diagnostics"]["bootstrap_check"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--n-col", "nope"], "missing column(s) 'nope' (N)"),
     (["--law", "quadratic"], "unknown law"),
     (["--predict", "X=3"], "expected comma-separated"),
+    (["--jobs", "0"], "--jobs 0: expected a number of processes >= 1"),
 ])
 def test_fit_bad_input_exits_2_with_one_line(points_csv, capsys, args, message):
     code = main(["fit", str(points_csv), "--loss-col", "loss", "--n-col", "params", "--d-col", "tokens", *args,

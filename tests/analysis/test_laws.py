@@ -34,6 +34,42 @@ def test_analytic_gradient_matches_finite_differences():
         assert check_grad(f, g, p) < 1e-6 * max(1.0, np.abs(g(p)).max())
 
 
+def _one_variable(points: pd.DataFrame, column: str, with_e: bool) -> pd.DataFrame:
+    """L = E + A/x^α (or A/x^α) on ``column`` of ``points``, 1% noise."""
+    x = points[column].to_numpy()
+    loss = (TRUE["E"] if with_e else 0.0) + TRUE["A"] / x ** TRUE["alpha"]
+    return points.assign(final_loss=loss * np.exp(np.random.default_rng(4).normal(0, 0.01, len(x))))
+
+
+@pytest.mark.parametrize("case", ["chinchilla", "saturating", "power", "misspecified"])
+def test_batched_newton_refits_reach_the_optimum_l_bfgs_reaches(case):
+    """The bootstrap's warm refits (``laws._refit_chunk``: batched Newton, then L-BFGS for the
+    rows Newton did not converge) against L-BFGS alone, resample by resample, from the same
+    start and scale: the same optimum and parameters."""
+    from analysis.laws import _refit_chunk, resample_weights
+
+    grid = chinchilla_points(2, 0.01)
+    df, columns, with_e = {
+        "chinchilla": (grid, ["n_params", "data_units"], True),
+        "saturating": (_one_variable(chinchilla_points(2, 0, sizes=24, budgets=1), "n_params", True), ["n_params"], True),
+        "power": (_one_variable(chinchilla_points(2, 0, sizes=24, budgets=1), "n_params", False), ["n_params"], False),
+        # L(N) on a grid whose D varies too: indefinite Hessians, where Newton gives up on
+        # many rows and L-BFGS takes them
+        "misspecified": (grid, ["n_params"], True),
+    }[case]
+    logx, logy = np.log(df[columns].to_numpy()), np.log(df["final_loss"].to_numpy())
+    best = lse_fit.fit_from_grid(logx, logy, with_e).best.params
+    weights = resample_weights(np.arange(len(df)), 40, seed=5)
+    refits = _refit_chunk((logx, logy, with_e, best, weights, 32))
+    if case == "misspecified":
+        assert not lse_fit.newton_refits(best, logx, logy, with_e, weights)[1].all()  # the fallback runs
+    scale = lse_fit.objective(best, logx, logy, with_e)[0]
+    for w, p in zip(weights, refits):
+        reference = lse_fit.optimize(best, logx, logy, with_e, w, scale)
+        assert lse_fit.objective(p, logx, logy, with_e, w)[0] <= reference.objective * (1 + 1e-9)
+        np.testing.assert_allclose(p, reference.params, rtol=1e-4, atol=1e-6)
+
+
 def _chinchilla_recovered(seed: int) -> bool:
     r = fit_lse_law(LAWS["chinchilla"], load_points(chinchilla_points(seed, 0.0025)), bootstrap=0, held_out=False)
     p = {k: v.value for k, v in r.params.items()}
