@@ -303,6 +303,8 @@ TRIALS = Table("trials.parquet", "one row per trial, written by the sweep driver
        "in `flops_paid`): estimated, for each, as the throughput × the time from the last checkpoint to the death"),
     _c("wall_s", "float64", "s", "trial wall time, summed over restarts"),
     _c("startup_s", "float64", "s", "from trial start to its first step (data, engine)"),
+    _c("process_trials", "int64", "", "trials its worker process ran before it: 0 for a fresh process; a reused one "
+       "(Tune's reuse_actors) has paid process start, imports and data loading already"),
     _c("data_units_per_s", "float64", "data units/s", "training throughput across all workers, evaluation excluded"),
     _c("workers", "int64", "", "Ray Train workers (1: in the Tune trial itself)"),
     _c("cpus_per_worker", "float64", "CPUs", "Ray resources per worker"),

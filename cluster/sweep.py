@@ -57,10 +57,14 @@ def prepare(spec_path: str, storage: str | None) -> tuple[SweepSpec, list[TrialC
 def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None = None,
               resume: bool = False, retry_failed: bool = False, verbose: bool = False,
               max_concurrent: int | None = None, progress_interval_s: float = 10.0,
-              tracking: Sequence[str] = (), hooks: TestHooks = TestHooks()) -> SweepOutcome:
+              tracking: Sequence[str] = (), hooks: TestHooks = TestHooks(),
+              reuse_processes: bool = True) -> SweepOutcome:
     """Run (or resume) the sweep; returns its tables. Uses the Ray this process is connected
     to when there is one (and leaves it running), else starts one (and stops it).
-    ``tracking``: ``--tracking KIND[=VALUE]`` flags, on top of the spec's tracking block."""
+    ``tracking``: ``--tracking KIND[=VALUE]`` flags, on top of the spec's tracking block.
+    ``reuse_processes``: a finished trial's process runs the next trial of the same resources
+    (Tune's ``reuse_actors``), which skips process start, imports and data loading; False
+    starts each trial afresh (the tests compare the two)."""
     from cluster.monitor import ACTIVE, ProgressPrinter, TableRecorder
     from cluster.runtime import cluster_resources, start_ray, stop_ray
     from cluster.storage_check import check_shared
@@ -103,7 +107,7 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
             recorder.replayed = finished
             limit = max_concurrent or spec.resources.max_concurrent or default_concurrency(phase, resources)
             _tuner(phase, uri, tune_dir, resume, retry_failed, verbose, finished, limit, spec.max_failures,
-                   hooks).fit()
+                   reuse_processes, hooks).fit()
     finally:
         recorder.on_experiment_end(trials=[])
         for tracker in trackers:  # before Ray stops: W&B logs from Ray actors
@@ -235,7 +239,7 @@ def _apply_lr_search(all_trials: list[TrialConfig], phase: list[TrialConfig], ro
     return out
 
 
-def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit, max_failures, hooks):
+def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit, max_failures, reuse, hooks):
     from ray import tune
 
     from cluster.monitor import Dispatch
@@ -257,6 +261,7 @@ def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit
         param_space={TRIAL_KEY: tune.grid_search([t.to_json() for t in trials])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=limit,
+            reuse_actors=reuse,
             trial_name_creator=lambda trial: ids[trial.config[TRIAL_KEY]],
             trial_dirname_creator=lambda trial: ids[trial.config[TRIAL_KEY]],
         ),

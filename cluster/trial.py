@@ -118,22 +118,23 @@ def worker_context(cfg: TrialConfig, results_uri: str, rank: int, world: int, re
 
 
 def _run_in_process(cfg: TrialConfig, results_uri: str) -> None:
+    """One worker, in the Tune trial's own process. Its (world size 1) process group is made
+    once per process and kept: Tune reuses the process for the sweep's next trial, and
+    DeepSpeed caches the groups it derives from it (a destroyed and remade group is refused
+    as "not registered")."""
     import ray
     import torch
     from ray import tune
 
-    from experiments.train_loop import disable_jit_comm_op, set_distributed_env
+    if not torch.distributed.is_initialized():
+        from experiments.train_loop import disable_jit_comm_op, set_distributed_env
 
-    set_distributed_env(0, 1, 0, 1, "127.0.0.1", _free_port())
-    import deepspeed
+        set_distributed_env(0, 1, 0, 1, "127.0.0.1", _free_port())
+        import deepspeed
 
-    disable_jit_comm_op()
-    deepspeed.init_distributed(dist_backend="nccl" if cfg.gpus_per_worker > 0 else "gloo")
-    try:
-        _train(cfg, tune, results_uri, 0, 1, _node_id(ray))
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        disable_jit_comm_op()
+        deepspeed.init_distributed(dist_backend="nccl" if cfg.gpus_per_worker > 0 else "gloo")
+    _train(cfg, tune, results_uri, 0, 1, _node_id(ray))
 
 
 def _run_torch_trainer(cfg: TrialConfig, train_storage: str, verbose: bool, results_uri: str) -> None:

@@ -19,6 +19,7 @@ family's health check at the end). A completed trial's ``artifacts`` (sample gri
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -148,9 +149,15 @@ class _Progress:
         return {"step": self.step, "wall_s": self.wall_s}
 
 
+_TRIALS_IN_PROCESS = itertools.count()  # Tune reuses a trial's process for the sweep's next trial
+
+
 def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
-    """Train ``cfg`` on this worker's shard; returns the last report."""
+    """Train ``cfg`` on this worker's shard; returns the last report. Everything a trial sets
+    up is its own (seeded RNGs, a new engine and optimizer): a process that ran other trials
+    before trains exactly as a fresh one, only without their one-off costs."""
     started = time.perf_counter()
+    process_trials = next(_TRIALS_IN_PROCESS)
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     data = TrialData(cfg)
     family, engine = build_engine(cfg)
@@ -165,8 +172,9 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
     shard = (0, 1) if family.shared_evaluation else (ctx.rank, ctx.world_size)
     val = [torch.from_numpy(b).to(engine.device) for b in data.validation(*shard)]
     family.prepare(engine, Preparation(train_data=data.first_units, cache=ctx.cache or FileCache()))
-    base = dict(startup_s=time.perf_counter() - started, flops_measured_per_unit=flops_measured,
-                node_id=ctx.node_id, precision=resolve_precision(cfg.precision), bytes_per_token=data.bytes_per_token)
+    base = dict(startup_s=time.perf_counter() - started, process_trials=process_trials,
+                flops_measured_per_unit=flops_measured, node_id=ctx.node_id, precision=resolve_precision(cfg.precision),
+                bytes_per_token=data.bytes_per_token)
     clock = _Clock(progress.wall_s)
     losses: list[float] = []
     extra_sums: dict[str, float] = {}  # other training losses (a GAN's d_loss) since the last point

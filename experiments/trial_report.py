@@ -27,6 +27,7 @@ class TrialReport:
     metrics: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0  # trial wall time so far, summed over restarts
     startup_s: float = 0.0  # from the start of this run of the trial to its first step
+    process_trials: int = 0  # trials this worker process ran before this one
     flops_measured_per_unit: float = math.nan
     node_id: str = ""
     precision: str = ""  # what ran (auto resolved)
@@ -71,7 +72,7 @@ class TrialReport:
             TRIALS.data_units: self.data_units, TRIALS.flops: self.flops,
             TRIALS.flops_measured: self.flops_measured_per_unit * self.data_units,
             TRIALS.final_loss: self.loss, TRIALS.final_train_loss: self.metrics.get(TRAIN_LOSS, math.nan),
-            TRIALS.wall_s: self.elapsed_s, TRIALS.startup_s: self.startup_s,
+            TRIALS.wall_s: self.elapsed_s, TRIALS.startup_s: self.startup_s, TRIALS.process_trials: self.process_trials,
             TRIALS.data_units_per_s: self.throughput, TRIALS.node_id: self.node_id,
             TRIALS.precision: self.precision, TRIALS.bytes_per_token: self.bytes_per_token,
             TRIALS.final_bpb: self.loss / math.log(2) / self.bytes_per_token,

@@ -30,11 +30,13 @@ checkpoint_every_s: 2
 
 
 def _pids(actor_class: str) -> list[int]:
-    """PIDs of the live actors of ``actor_class``, from Ray's actor table (the GCS)."""
+    """PIDs of the live actors of ``actor_class``, from Ray's actor table (the GCS), which may
+    name it by where it was defined ("wrap_function.<locals>.ImplicitFunc")."""
     import ray._private.state
 
     table = ray._private.state.state.actor_table(None)
-    return sorted(a["Pid"] for a in table.values() if a["State"] == "ALIVE" and a["ActorClassName"] == actor_class)
+    return sorted(a["Pid"] for a in table.values()
+                  if a["State"] == "ALIVE" and a["ActorClassName"].split(".")[-1] == actor_class)
 
 
 @pytest.mark.slow
