@@ -60,9 +60,16 @@ def vocab_size(spec: DataSpec) -> int:
 
 def load_tokens(spec: DataSpec, *, train_tokens: int, validation_tokens: int) -> TokenData:
     """Read documents until the training stream has ``train_tokens`` tokens (or the source
-    is exhausted: trials then wrap around) and validation has ``validation_tokens``."""
+    is exhausted: trials then wrap around) and validation has ``validation_tokens``. Kept
+    per process (read-only arrays), for the next trials of a reused process: seeds, sizes
+    and learning rates of one budget read their data once."""
     if spec.source == Source.SYNTHETIC:
         return _synthetic_tokens(spec.synthetic, spec.validation_fraction)
+    return _read_tokens(spec, train_tokens, validation_tokens)
+
+
+@lru_cache(maxsize=2)
+def _read_tokens(spec: DataSpec, train_tokens: int, validation_tokens: int) -> TokenData:
     encode = _encoder(spec.tokenizer)
     train: list[np.ndarray] = []
     val: list[np.ndarray] = []
@@ -87,7 +94,9 @@ def load_tokens(spec: DataSpec, *, train_tokens: int, validation_tokens: int) ->
             "tokens; it needs documents in both splits (more data, or another "
             "validation_fraction)"
         )
-    return TokenData(np.concatenate(train), np.concatenate(val), vocab_size(spec), None, val_bytes / n_val)
+    data = TokenData(np.concatenate(train), np.concatenate(val), vocab_size(spec), None, val_bytes / n_val)
+    data.train.flags.writeable = data.validation.flags.writeable = False  # shared by the process's trials
+    return data
 
 
 def _is_validation(index: int, fraction: float) -> bool:
@@ -294,9 +303,9 @@ def _synthetic_tokens(spec: SyntheticSpec, validation_fraction: float) -> TokenD
     split = ds.add_column("validation", is_val)
     train = split.filter(lambda r: not r["validation"]).with_format("numpy")["ids"]
     val = split.filter(lambda r: r["validation"]).with_format("numpy")["ids"]
-    return TokenData(
-        np.concatenate(list(train)), np.concatenate(list(val)), spec.vocab, markov_entropy_rate(spec)
-    )
+    data = TokenData(np.concatenate(list(train)), np.concatenate(list(val)), spec.vocab, markov_entropy_rate(spec))
+    data.train.flags.writeable = data.validation.flags.writeable = False  # shared by the process's trials
+    return data
 
 
 # --- batching ----------------------------------------------------------------------------
