@@ -81,8 +81,8 @@ def objective(params: np.ndarray, logx: np.ndarray, logy: np.ndarray, with_e: bo
               weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """Summed Huber loss and its analytic gradient, for one parameter vector [P]. ``weights``
     counts each point's copies (a bootstrap resample is a weight vector, which avoids copying
-    the data). Written out term by term (no [n, T] concatenation): every L-BFGS step of every
-    bootstrap refit calls it, ~57 times per refit."""
+    the data). Written out term by term (no [n, T] concatenation): L-BFGS calls it at every
+    step, ~57 times in a warm-started run."""
     offset = 1 if with_e else 0
     k = logx.shape[1]
     t = params[offset:offset + 2 * k:2] - logx * params[offset + 1:offset + 2 * k:2]  # [n, K]

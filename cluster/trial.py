@@ -4,8 +4,12 @@
   directly inside the Tune trial, which holds the worker's CPUs and GPUs. A TorchTrainer
   costs ~25 s and ~3 GB per trial on a 2-core machine (NOTES-ray-deepspeed.md).
 - ``workers > 1``: the trial holds no CPU (``DRIVER_BUNDLE``) and launches a Ray Train
-  ``TorchTrainer`` whose workers carry the resources; each worker runs the same loop on its data shard, and
-  rank 0's metrics reach Tune through ``TuneReportCallback``.
+  ``TorchTrainer`` whose workers carry the resources; each worker runs the same loop on its
+  data shard, and rank 0's metrics reach Tune through ``TuneReportCallback``.
+
+Tune reuses a finished trial's process for the next trial of the same resources
+(``reuse_actors``): the second and later trials of a process skip its start, imports and
+data loading (``process_trials`` in trials.parquet counts them).
 
 Checkpoints: single-worker trials checkpoint through Tune, multi-worker ones through Train
 under a run name derived from the trial id, so a restarted trial (``--resume``) finds its
