@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from analysis.records import EVALS, TRIALS, Status
+from analysis.store import ResultsStore
 from tests.cluster.test_sweep_e2e import _descendants
 from tests.conftest import REPO, free_port
 
@@ -242,7 +243,7 @@ def test_a_trial_on_a_lost_node_finishes_on_the_head_node(write_spec, tmp_path):
                 assert driver.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
                 if not (out / EVALS.file).exists():
                     continue
-                evals = pd.read_parquet(out / EVALS.file)
+                evals = ResultsStore(str(out)).read_table(EVALS.file)  # one read: never torn by a replace
                 trained = evals.groupby(EVALS.trial_id)[EVALS.step].max()
                 if len(trained) == 2 and any(p.name().startswith("ray::ImplicitFunc") for p in _descendants(second.pid)):
                     break  # both trials past a point, one of them on the second node
