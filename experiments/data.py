@@ -50,6 +50,12 @@ class TokenData:
     bytes_per_token: float = math.nan  # UTF-8 bytes of the validation text per token (NaN: synthetic tokens)
 
 
+def _shared(data: TokenData) -> TokenData:
+    """``data`` made read-only: the process's cache hands it to every later trial."""
+    data.train.flags.writeable = data.validation.flags.writeable = False
+    return data
+
+
 def vocab_size(spec: DataSpec) -> int:
     if spec.source == Source.SYNTHETIC:
         return spec.synthetic.vocab
@@ -94,9 +100,7 @@ def _read_tokens(spec: DataSpec, train_tokens: int, validation_tokens: int) -> T
             "tokens; it needs documents in both splits (more data, or another "
             "validation_fraction)"
         )
-    data = TokenData(np.concatenate(train), np.concatenate(val), vocab_size(spec), None, val_bytes / n_val)
-    data.train.flags.writeable = data.validation.flags.writeable = False  # shared by the process's trials
-    return data
+    return _shared(TokenData(np.concatenate(train), np.concatenate(val), vocab_size(spec), None, val_bytes / n_val))
 
 
 def _is_validation(index: int, fraction: float) -> bool:
@@ -303,9 +307,8 @@ def _synthetic_tokens(spec: SyntheticSpec, validation_fraction: float) -> TokenD
     split = ds.add_column("validation", is_val)
     train = split.filter(lambda r: not r["validation"]).with_format("numpy")["ids"]
     val = split.filter(lambda r: r["validation"]).with_format("numpy")["ids"]
-    data = TokenData(np.concatenate(list(train)), np.concatenate(list(val)), spec.vocab, markov_entropy_rate(spec))
-    data.train.flags.writeable = data.validation.flags.writeable = False  # shared by the process's trials
-    return data
+    return _shared(TokenData(np.concatenate(list(train)), np.concatenate(list(val)), spec.vocab,
+                             markov_entropy_rate(spec)))
 
 
 # --- batching ----------------------------------------------------------------------------

@@ -156,25 +156,7 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
     """Train ``cfg`` on this worker's shard; returns the last report. Everything a trial sets
     up is its own (seeded RNGs, a new engine and optimizer): a process that ran other trials
     before trains exactly as a fresh one, only without their one-off costs."""
-    started = time.perf_counter()
-    process_trials = next(_TRIALS_IN_PROCESS)
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    data = TrialData(cfg)
-    family, engine = build_engine(cfg)
-    first = torch.from_numpy(data.batch(0, 0, 1))
-    flops_measured = measured_flops_per_unit(family, cfg.shape, first)
-    # Losses that draw randomness (diffusion timesteps and noise, VAE posterior samples) draw
-    # it per rank: every rank built the same initial weights from cfg.seed, but must not
-    # draw the same noise for its different images. (A trial resumed from a checkpoint draws
-    # afresh from here: its noise, unlike its data order, differs from an unbroken run's.)
-    torch.manual_seed(cfg.seed * 1_000_003 + 1 + ctx.rank)
-    progress = _restore(cfg, ctx, engine)
-    shard = (0, 1) if family.shared_evaluation else (ctx.rank, ctx.world_size)
-    val = [torch.from_numpy(b).to(engine.device) for b in data.validation(*shard)]
-    family.prepare(engine, Preparation(train_data=data.first_units, cache=ctx.cache or FileCache()))
-    base = dict(startup_s=time.perf_counter() - started, process_trials=process_trials,
-                flops_measured_per_unit=flops_measured, node_id=ctx.node_id, precision=resolve_precision(cfg.precision),
-                bytes_per_token=data.bytes_per_token)
+    data, family, engine, progress, val, base = _set_up(cfg, ctx)
     clock = _Clock(progress.wall_s)
     losses: list[float] = []
     extra_sums: dict[str, float] = {}  # other training losses (a GAN's d_loss) since the last point
@@ -222,6 +204,31 @@ def run_worker(cfg: TrialConfig, ctx: WorkerContext) -> TrialReport:
         _report_with_checkpoint(ctx, engine, report, _Progress(step=step, wall_s=report.elapsed_s))
         checkpointed = time.perf_counter()
     return report  # only reached when restored from a checkpoint at the very end
+
+
+def _set_up(cfg: TrialConfig, ctx: WorkerContext):
+    """(data, family, engine, progress, validation batches, the report fields that do not
+    change during the run): everything before a trial's first step."""
+    started = time.perf_counter()
+    process_trials = next(_TRIALS_IN_PROCESS)
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    data = TrialData(cfg)
+    family, engine = build_engine(cfg)
+    first = torch.from_numpy(data.batch(0, 0, 1))
+    flops_measured = measured_flops_per_unit(family, cfg.shape, first)
+    # Losses that draw randomness (diffusion timesteps and noise, VAE posterior samples) draw
+    # it per rank: every rank built the same initial weights from cfg.seed, but must not
+    # draw the same noise for its different images. (A trial resumed from a checkpoint draws
+    # afresh from here: its noise, unlike its data order, differs from an unbroken run's.)
+    torch.manual_seed(cfg.seed * 1_000_003 + 1 + ctx.rank)
+    progress = _restore(cfg, ctx, engine)
+    shard = (0, 1) if family.shared_evaluation else (ctx.rank, ctx.world_size)
+    val = [torch.from_numpy(b).to(engine.device) for b in data.validation(*shard)]
+    family.prepare(engine, Preparation(train_data=data.first_units, cache=ctx.cache or FileCache()))
+    base = dict(startup_s=time.perf_counter() - started, process_trials=process_trials,
+                flops_measured_per_unit=flops_measured, node_id=ctx.node_id, precision=resolve_precision(cfg.precision),
+                bytes_per_token=data.bytes_per_token)
+    return data, family, engine, progress, val, base
 
 
 class _Clock:
