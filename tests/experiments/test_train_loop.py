@@ -88,6 +88,42 @@ def test_grad_clip_zero_turns_deepspeeds_default_clipping_off(trial):
     assert deepspeed_config(trial)["gradient_clipping"] == trial.training.grad_clip == 1.0
 
 
+def test_engine_clips_gradients_as_torch_does(process_group, trial):
+    """The engine's step (with its clipping replaced by torch's multi-tensor clip) updates
+    the weights as a plain torch AdamW step after ``clip_grad_norm_`` does, and a clip this
+    tight changes the update (so the test would see clipping skipped)."""
+    import torch
+
+    from experiments.data import train_batch
+    from experiments.schedules import lr_multiplier
+    from experiments.train_loop import TrialData, build_engine
+
+    tight = dataclasses.replace(trial, training=dataclasses.replace(trial.training, grad_clip=1e-3))
+    tr, data = tight.training, TrialData(tight)
+    family, engine = build_engine(tight)
+
+    def reference(clip: float):
+        torch.manual_seed(tight.seed)
+        model = family.build(tight.shape)
+        params = list(model.parameters())
+        opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": tr.weight_decay},
+                                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                lr=tr.lr, betas=(tr.beta1, tr.beta2))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(tight))
+        for step in range(3):
+            family.loss(model, torch.from_numpy(train_batch(data.tokens.train, step, tr.batch_size, tr.seq_len))).backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step(), sched.step(), opt.zero_grad()
+        return torch.cat([p.detach().flatten() for p in params])
+
+    for step in range(3):
+        family.train_step(engine, torch.from_numpy(data.batch(step, 0, 1)))
+    trained = torch.cat([p.detach().flatten() for p in engine.module.parameters()])
+    assert torch.allclose(trained, reference(tr.grad_clip), rtol=0, atol=1e-6)
+    assert not torch.allclose(trained, reference(0.0), rtol=0, atol=1e-4)
+
+
 def test_a_resumed_trial_checkpoints_again(process_group, trial, tmp_path):
     """The client state loaded back holds DeepSpeed's own metadata keys too; passing them to
     the next save_checkpoint raised KeyError (DeepSpeed 0.19.8), failing every resumed trial
