@@ -19,14 +19,22 @@ SWEEP_BOOTSTRAP = 200  # bootstrap resamples of the fits at the end of a sweep
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from analysis.fit import summary
-    from analysis.report import fit_and_report
-    from cluster.jobs import materialize_spec
-    from cluster.sweep import prepare, run_sweep
-    from experiments.planner import describe
+    from cluster.runtime import RayStart
 
-    args.spec = materialize_spec(shipped_spec(args.spec))
+    # Ray starts while this process imports torch and plans (a bad spec stops it again)
+    ray_start = None if args.dry_run else RayStart(args.address, verbose=args.verbose)
+    try:
+        from cluster.jobs import materialize_spec
+        from cluster.sweep import prepare, run_sweep
+
+        args.spec = materialize_spec(shipped_spec(args.spec))
+    except BaseException:
+        if ray_start:
+            ray_start.abandon()
+        raise
     if args.dry_run:
+        from experiments.planner import describe
+
         _, trials, uri = prepare(args.spec, args.storage)
         print(describe(trials))
         print(f"results would go to {uri}")
@@ -34,10 +42,13 @@ def _sweep(args: argparse.Namespace) -> int:
     outcome = run_sweep(
         args.spec, storage=args.storage, address=args.address, resume=args.resume,
         retry_failed=args.retry_failed, verbose=args.verbose, max_concurrent=args.max_concurrent,
-        tracking=args.tracking or (),
+        tracking=args.tracking or (), ray_start=ray_start,
     )
     print(summary_table(outcome.trials))
     if not (args.no_fit and args.no_report):
+        from analysis.fit import summary
+        from analysis.report import fit_and_report
+
         if not args.no_fit:
             print("\nscaling-law fits (95% bootstrap intervals; fits.json in the results folder):")
         done = fit_and_report(outcome.storage, refit=True, fit=not args.no_fit, save_fits=True,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PACKAGES = ("cluster", "experiments", "models", "analysis")
@@ -64,8 +67,7 @@ def start_ray(address: str | None, *, verbose: bool = False, num_cpus: int | Non
     a caller that finds Ray already running, as the test suite's shared one, leaves it be)."""
     import ray
 
-    for key, value in WORKER_ENV.items():
-        os.environ.setdefault(key, value)
+    _set_worker_env()
     if ray.is_initialized():
         return False
     kwargs: dict = {
@@ -86,6 +88,41 @@ def start_ray(address: str | None, *, verbose: bool = False, num_cpus: int | Non
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                  runtime_env={"env_vars": dict(WORKER_ENV)}, **kwargs)
     return True
+
+
+def _set_worker_env() -> None:
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+# The thread that ran ray.init must outlive the connection: once it had exited, the driver's
+# next GCS call (ray.cluster_resources) hung and Ray aborted the process after 60 s (Ray 2.x).
+# An idle pool thread does, for as long as this module is loaded.
+_RAY_THREAD = ThreadPoolExecutor(1, thread_name_prefix="ray-start")
+
+
+class RayStart:
+    """``start_ray`` on a thread. ``ray.init`` takes ~5 s on a 2-core laptop, most of it waiting
+    for Ray's own processes (GCS, raylet, API server) to come up; a command's imports and
+    planning (~3 s) run meanwhile. ``wait()`` gives ``start_ray``'s answer (or raises its error);
+    a command that fails before using Ray calls ``abandon()``."""
+
+    def __init__(self, address: str | None, *, verbose: bool = False) -> None:
+        _set_worker_env()  # before any import of Ray Tune on the main thread reads it
+        # ray.init makes SIGTERM exit through Python (finally blocks run) only from the main thread
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        self._started = _RAY_THREAD.submit(start_ray, address, verbose=verbose)
+
+    def wait(self) -> bool:
+        return self._started.result()
+
+    def abandon(self) -> None:
+        try:
+            owns = self.wait()
+        except Exception:  # it never started: nothing to stop
+            return
+        if owns:
+            stop_ray()
 
 
 def cluster_resources() -> dict:

@@ -23,13 +23,13 @@ from analysis.errors import UserError
 from analysis.records import EVALS, PLAN_FILE, RUNS_FILE, TRIALS, Role, Status
 from analysis.store import ResultsStore, storage_uri
 from cluster.results import load_plan_ids, planned_row, save_plan
+from cluster.runtime import RayStart
 from cluster.trial import TRIAL_KEY, TestHooks, resources_for, run_trial
 from experiments.planner import TrialConfig, plan, with_chosen_lrs
 from experiments.spec import SweepSpec, load_spec
 
 TUNE_DIR = "tune"
 LR_TUNE_DIR = "tune-lr"  # the LR-search phase
-BRANCH_TUNE_DIR = "tune-branches"  # the wsd cooldown branches' phase
 TRAIN_DIR = "train"
 
 
@@ -58,25 +58,31 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
               resume: bool = False, retry_failed: bool = False, verbose: bool = False,
               max_concurrent: int | None = None, progress_interval_s: float = 10.0,
               tracking: Sequence[str] = (), hooks: TestHooks = TestHooks(),
-              reuse_processes: bool = True) -> SweepOutcome:
+              reuse_processes: bool = True, ray_start: RayStart | None = None) -> SweepOutcome:
     """Run (or resume) the sweep; returns its tables. Uses the Ray this process is connected
     to when there is one (and leaves it running), else starts one (and stops it).
     ``tracking``: ``--tracking KIND[=VALUE]`` flags, on top of the spec's tracking block.
     ``reuse_processes``: a finished trial's process runs the next trial of the same resources
     (Tune's ``reuse_actors``), which skips process start, imports and data loading; False
-    starts each trial afresh (the tests compare the two)."""
+    starts each trial afresh (the tests compare the two). ``ray_start``: Ray already starting
+    on a thread (``cluster.runtime.RayStart``, for ``address``), which this run then owns."""
     from cluster.monitor import ACTIVE, ProgressPrinter, TableRecorder
     from cluster.runtime import cluster_resources, start_ray, stop_ray
     from cluster.storage_check import check_shared
     from cluster.tracking import targets
 
     started = time.monotonic()
-    spec, trials, uri = prepare(spec_path, storage)
-    spec_text = Path(spec_path).read_text()
-    store = ResultsStore(uri)
-    store.check_reachable()  # an object store out of reach stops us here, before Ray starts
-    trackers_at = targets(spec.tracking, tracking, spec.name, uri)  # an unreachable tracker stops us here
-    owns_ray = start_ray(address, verbose=verbose)
+    try:
+        spec, trials, uri = prepare(spec_path, storage)
+        spec_text = Path(spec_path).read_text()
+        store = ResultsStore(uri)
+        store.check_reachable()  # an object store out of reach stops us here, before Ray is used
+        trackers_at = targets(spec.tracking, tracking, spec.name, uri)  # an unreachable tracker stops us here
+    except BaseException:
+        if ray_start:
+            ray_start.abandon()
+        raise
+    owns_ray = ray_start.wait() if ray_start else start_ray(address, verbose=verbose)
     resources = cluster_resources()
     try:
         check_shared(uri)  # on a multi-node cluster, refuse a path some node cannot see
@@ -211,12 +217,13 @@ def _initial_tables(store: ResultsStore, trials: list[TrialConfig], resume: bool
 
 
 def sweep_phases(trials: list[TrialConfig]) -> list[tuple[str, str, list[TrialConfig]]]:
-    """(Tune folder, description, trials) per phase, in order: a size's LR search before its
-    runs, a wsd trunk before its branches. A sweep without either is one phase in ``tune/``."""
+    """(Tune folder, description, trials) per phase, in order: the LR search (whose results
+    set the other runs' LR), then every other trial in ``tune/``, wsd trunks before their
+    branches (``cluster.searcher.PlannedTrials`` starts a branch once its trunk has ended)."""
     by_role = {role: [t for t in trials if t.role == role] for role in Role}
+    runs = by_role[Role.TRUNK] + by_role[Role.POINT] + by_role[Role.BRANCH]
     phases = [(LR_TUNE_DIR, "LR-search runs", by_role[Role.LR_SEARCH]),
-              (TUNE_DIR, "wsd trunks" if by_role[Role.TRUNK] else "trials", by_role[Role.TRUNK] + by_role[Role.POINT]),
-              (BRANCH_TUNE_DIR, "wsd cooldown branches", by_role[Role.BRANCH])]
+              (TUNE_DIR, "wsd trunks and cooldown branches" if by_role[Role.TRUNK] else "trials", runs)]
     return [p for p in phases if p[2]]
 
 
@@ -243,6 +250,7 @@ def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit
     from ray import tune
 
     from cluster.monitor import Dispatch
+    from cluster.searcher import PlannedTrials
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, train_storage=f"{uri.rstrip('/')}/{TRAIN_DIR}", results_uri=uri,
@@ -258,8 +266,9 @@ def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit
     ids = {t.to_json(): t.trial_id for t in trials}
     return tune.Tuner(
         trainable,
-        param_space={TRIAL_KEY: tune.grid_search([t.to_json() for t in trials])},
         tune_config=tune.TuneConfig(
+            search_alg=PlannedTrials(trials, TRIAL_KEY),
+            num_samples=len(trials),
             max_concurrent_trials=limit,
             reuse_actors=reuse,
             trial_name_creator=lambda trial: ids[trial.config[TRIAL_KEY]],

@@ -30,7 +30,7 @@ def test_wsd_sweep_with_lr_search_trunks_and_branches(write_spec, tmp_path, ray_
     # one branch fails at start: its sibling still completes
     outcome = run_sweep(str(write_spec(SPEC)), storage=str(out), hooks=TestHooks(fail=("tfm-n12.8k-d25.6k",)))
     assert not outcome.ok
-    assert "phase 3/3: 2 wsd cooldown branches" in capsys.readouterr().err
+    assert "phase 2/2: 3 wsd trunks and cooldown branches" in capsys.readouterr().err
     trials = pd.read_parquet(out / TRIALS.file).set_index(TRIALS.trial_id)
     assert trials[TRIALS.role].value_counts().to_dict() == {"lr_search": 2, "branch": 2, "trunk": 1}
     assert trials.loc["tfm-n12.8k-d25.6k-s0", TRIALS.status] == Status.FAILED
