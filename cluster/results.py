@@ -8,7 +8,7 @@ Layout of a sweep folder (``results/<sweep>/`` or ``--storage``)::
     evals.parquet    one row per (trial, evaluation point, metric)   (analysis.records.EVALS)
     run.json         one entry per run of the sweep command
     tune/            Ray Tune's experiment folder (restored by --resume); a sweep with an LR
-                     search or a wsd schedule has one per phase: tune-lr/, tune/, tune-branches/
+                     search has one for it too: tune-lr/
     train/           Ray Train runs of multi-worker trials
     checkpoints/     wsd trunks' checkpoints at branch points, each deleted when its branch completes
 

@@ -27,7 +27,7 @@ import hashlib
 import math
 import os
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -68,19 +68,53 @@ def vocab_size(spec: DataSpec) -> int:
 def load_tokens(spec: DataSpec, *, train_tokens: int, validation_tokens: int) -> TokenData:
     """Read documents until the training stream has ``train_tokens`` tokens (or the source
     is exhausted: trials then wrap around) and validation has ``validation_tokens``. Kept
-    per process (read-only arrays), for the next trials of a reused process: seeds, sizes
-    and learning rates of one budget read their data once."""
+    per process (read-only arrays), for the next trials of a reused process: a sweep's
+    seeds, sizes, learning rates and smaller budgets read their data once."""
     if spec.source == Source.SYNTHETIC:
         return _synthetic_tokens(spec.synthetic, spec.validation_fraction)
     return _read_tokens(spec, train_tokens, validation_tokens)
 
 
-@lru_cache(maxsize=2)
+@dataclass(frozen=True)
+class _Read:
+    """One read of a source: its data, where each training document ends in the stream, and
+    whether the source ran out before the training stream was full."""
+
+    data: TokenData
+    ends: np.ndarray
+    exhausted: bool
+
+    def covers(self, train_tokens: int) -> bool:
+        return self.exhausted or (len(self.ends) > 0 and self.ends[-1] >= train_tokens)
+
+    def take(self, train_tokens: int) -> TokenData:
+        """What a read of ``train_tokens`` gives: the training stream up to the end of the
+        document that fills it (the validation stream does not depend on it)."""
+        k = int(np.searchsorted(self.ends, train_tokens))
+        return self.data if k >= len(self.ends) else replace(self.data, train=self.data.train[: self.ends[k]])
+
+
+_READS: dict[tuple[DataSpec, int], _Read] = {}  # per process: (source, validation size) -> longest read
+
+
 def _read_tokens(spec: DataSpec, train_tokens: int, validation_tokens: int) -> TokenData:
+    """Training data from the process's longest read of the source when it holds enough (the
+    budgets of a ladder take prefixes of one read), else from a new read."""
+    key = (spec, validation_tokens)
+    read = _READS.get(key)
+    if read is None or not read.covers(train_tokens):
+        read = _READS[key] = _read(spec, train_tokens, validation_tokens)
+        while len(_READS) > 2:  # a sweep has one source: older ones are not needed again
+            del _READS[next(iter(_READS))]
+    return read.take(train_tokens)
+
+
+def _read(spec: DataSpec, train_tokens: int, validation_tokens: int) -> _Read:
     encode = _encoder(spec.tokenizer)
     train: list[np.ndarray] = []
     val: list[np.ndarray] = []
     n_train = n_val = val_bytes = 0
+    exhausted = True
     for index, text in enumerate(_documents(spec)):
         if not text:
             continue
@@ -94,6 +128,7 @@ def _read_tokens(spec: DataSpec, train_tokens: int, validation_tokens: int) -> T
             train.append(ids)
             n_train += len(ids)
         if n_train >= train_tokens and n_val >= validation_tokens:
+            exhausted = False
             break
     if not train or not val:
         raise UserError(
@@ -101,7 +136,8 @@ def _read_tokens(spec: DataSpec, train_tokens: int, validation_tokens: int) -> T
             "tokens; it needs documents in both splits (more data, or another "
             "validation_fraction)"
         )
-    return _shared(TokenData(np.concatenate(train), np.concatenate(val), vocab_size(spec), None, val_bytes / n_val))
+    data = TokenData(np.concatenate(train), np.concatenate(val), vocab_size(spec), None, val_bytes / n_val)
+    return _Read(_shared(data), np.cumsum([len(ids) for ids in train]), exhausted)
 
 
 def _is_validation(index: int, fraction: float) -> bool:

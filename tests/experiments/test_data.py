@@ -67,6 +67,26 @@ def test_validation_documents_are_never_in_the_training_stream(tmp_path):
     assert (again.validation == data.validation).all()
 
 
+@pytest.mark.parametrize("order", ["larger first", "smaller first"])
+def test_a_smaller_budget_after_a_larger_one_reads_what_a_fresh_read_gives(tmp_path, order):
+    """The process keeps its longest read and serves smaller budgets from it: the training
+    stream must end where a read of that budget alone ends (the same document), or the data
+    (and where a short stream wraps around) would depend on what the process ran before."""
+    import experiments.data as data_module
+
+    spec = DataSpec(source="files", paths=(str(_docs_jsonl(tmp_path)),), validation_fraction=0.2)
+    budgets = {"small": 1000, "large": 5000, "beyond": 10**9}  # the last exhausts the source
+    fresh = {name: data_module._read(spec, tokens, 500).data for name, tokens in budgets.items()}  # reads, uncut
+    data_module._READS.clear()
+    names = ["beyond", "large", "small"] if order == "larger first" else ["small", "large", "beyond", "small"]
+    for name in names:
+        got = load_tokens(spec, train_tokens=budgets[name], validation_tokens=500)
+        assert len(got.train) == len(fresh[name].train) and (got.train == fresh[name].train).all(), name
+        assert (got.validation == fresh[name].validation).all() and got.bytes_per_token == fresh[name].bytes_per_token
+    assert len(fresh["small"].train) < len(fresh["large"].train) < len(fresh["beyond"].train)
+    assert len(data_module._READS) == 1  # one read served every budget after the longest
+
+
 def test_local_text_jsonl_and_parquet_files_read_alike(tmp_path):
     texts = [f"document number {i} " * 5 for i in range(40)]
     (tmp_path / "t").mkdir()
