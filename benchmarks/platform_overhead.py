@@ -8,10 +8,11 @@ in one run. Prints tokens/s of each, their ratio, and the fixed start-up seconds
 Both sides use one thread (the trial's ``cpus_per_worker: 1``), fp32, AdamW with the same
 schedule and clipping, and the same batches from the stdlib source. The platform's
 steady-state tokens/s counts training steps only (its one evaluation, at the end, is
-excluded); its end-to-end figure divides by the whole command's wall time. The bare loop
-runs once before and once after the platform, and the ratio is against the mean of the
-two: on a shared machine the speed drifts by several per cent within minutes, and a
-baseline on one side only would carry that drift into the ratio.
+excluded); its end-to-end figure divides by the whole command's wall time. Each platform
+run is compared with the mean of a bare run just before and one just after it: on a shared
+machine the speed drifts by several per cent within minutes (9% between the two bare runs
+of one round, once), and a baseline on one side only would carry that drift into the ratio.
+``--repeats R`` makes R such rounds and reports the median ratio.
 """
 
 from __future__ import annotations
@@ -89,45 +90,57 @@ def platform(spec_path: Path, storage: Path) -> dict:
             "cfg": TrialConfig.from_json(row[TRIALS.config])}
 
 
+def rounds(spec: Path, out: Path, repeats: int) -> tuple[TrialConfig, list[dict], list[dict]]:
+    """bare, platform, bare, platform, ..., bare: each platform run between two bare ones."""
+    cfg = plan(*load_spec(spec))[0]
+    bares, plats = [bare_loop(cfg)], []
+    for r in range(repeats):
+        plats.append(platform(spec, out / f"round-{r}"))
+        if plats[-1].pop("cfg").steps != cfg.steps:
+            raise SystemExit("the platform planned a different trial from the one the bare loop trained")
+        bares.append(bare_loop(cfg))
+    return cfg, bares, plats
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=float, default=1.3e6)
     parser.add_argument("--d-model", type=int, default=96)
     parser.add_argument("--n-layers", type=int, default=2)
     parser.add_argument("--n-heads", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=1, help="platform runs, each between two bare ones; the "
+                        "ratio reported is their median")
     parser.add_argument("--format", choices=["text", "json"], default="text")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "overhead.yaml"
         spec.write_text(SPEC.format(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
                                     tokens=args.tokens))
-        cfg = plan(*load_spec(spec))[0]
-        before = bare_loop(cfg)
-        plat = platform(spec, Path(tmp) / "out")
-        if plat.pop("cfg").steps != cfg.steps:
-            raise SystemExit("the platform planned a different trial from the one the bare loop trained")
-        after = bare_loop(cfg)
-    bare = {key: (before[key] + after[key]) / 2 for key in before}
+        cfg, bares, plats = rounds(spec, Path(tmp), max(1, args.repeats))
+    ratios = [p["tokens_per_s"] / ((b0["tokens_per_s"] + b1["tokens_per_s"]) / 2)
+              for p, b0, b1 in zip(plats, bares, bares[1:])]
+    median = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]  # the median round
+    plat, bare = plats[median], {k: (bares[median][k] + bares[median + 1][k]) / 2 for k in bares[0]}
     fixed = plat["command_wall_s"] - cfg.data_units / plat["tokens_per_s"]
     result = {
         "model": f"d{cfg.shape.d_model} L{cfg.shape.n_layers}", "n_params": cfg.n_params, "tokens": cfg.data_units,
-        "steps": cfg.steps,
-        "bare_tokens_per_s": bare["tokens_per_s"], "platform_tokens_per_s": plat["tokens_per_s"],
-        "bare_tokens_per_s_before": before["tokens_per_s"], "bare_tokens_per_s_after": after["tokens_per_s"],
-        "ratio": plat["tokens_per_s"] / bare["tokens_per_s"],
-        "bare_wall_s": bare["wall_s"], "platform_command_wall_s": plat["command_wall_s"],
-        "end_to_end_ratio": bare["wall_s"] / plat["command_wall_s"],
-        "platform_trial_wall_s": plat["trial_wall_s"],
+        "steps": cfg.steps, "ratio": ratios[median], "ratios": ratios,
+        "bare_tokens_per_s": [b["tokens_per_s"] for b in bares],
+        "platform_tokens_per_s": [p["tokens_per_s"] for p in plats],
+        "end_to_end_ratio": bare["wall_s"] / plat["command_wall_s"], "platform_command_wall_s": plat["command_wall_s"],
         "fixed_startup_s": fixed, "trial_startup_s": plat["trial_startup_s"],
     }
     if args.format == "json":
         print(json.dumps(result))
         return 0
+    print(f"model d{cfg.shape.d_model} L{cfg.shape.n_layers} (N={cfg.n_params:,}), {cfg.data_units:,} tokens, "
+          f"{cfg.steps} steps, 1 CPU thread")
+    print("bare PyTorch loop, tokens/s:  " + ", ".join(f"{b['tokens_per_s']:,.0f}" for b in bares))
+    print("platform (Tune->DS), tokens/s: " + ", ".join(f"{p['tokens_per_s']:,.0f}" for p in plats)
+          + "   (each between the two bare runs around it)")
+    rounds_text = ", ".join(f"{r:.3f}" for r in ratios)
     print(textwrap.dedent(f"""\
-        model d{cfg.shape.d_model} L{cfg.shape.n_layers} (N={cfg.n_params:,}), {cfg.data_units:,} tokens, {cfg.steps} steps, 1 CPU thread
-        bare PyTorch loop      {bare['tokens_per_s']:>10,.0f} tokens/s   (mean of {before['tokens_per_s']:,.0f} before and {after['tokens_per_s']:,.0f} after; {bare['train_s']:.1f} s training)
-        platform (Tune->DS)    {plat['tokens_per_s']:>10,.0f} tokens/s   ({plat['trial_wall_s']:.1f} s trial, {plat['command_wall_s']:.1f} s command)
-        ratio (steady state)   {result['ratio']:.3f}   (target >= 0.95)
+        ratio (steady state)   {result['ratio']:.3f}   (target >= 0.95; the median of the rounds' {rounds_text})
         end-to-end ratio       {result['end_to_end_ratio']:.3f}   (bare wall / platform command wall)
         fixed start-up         {fixed:.1f} s per sweep command (Ray start, Tune trial, data, DeepSpeed init, final eval)
                                of which {plat['trial_startup_s']:.1f} s inside the trial (data + engine)"""))
