@@ -154,11 +154,11 @@ def wsd_ladder(points: list[TrialConfig], spec: SweepSpec, located: Located) -> 
     branches = []
     for p in points:
         b = starts[p.trial_id]
-        cooldown_evals = {b + round((p.steps - b) * k / spec.evaluation.points)
-                          for k in range(1, spec.evaluation.points + 1)}
         branches.append(dataclasses.replace(
+            # the budget's own log-spaced points that fall in its cooldown (its end, at least): the
+            # run before the branch point is the trunk's, which evaluated it
             p, role=Role.BRANCH, parent=trunk_id, start_step=b, warmup_steps=warmup, decay_start=b,
-            eval_steps=tuple(sorted(s for s in cooldown_evals if s > b)),
+            eval_steps=tuple(s for s in p.eval_steps if s > b),
             flops_paid=p.flops_per_unit * (p.steps - b) * per_step,
         ))
     return [trunk] + branches

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from analysis.errors import UserError
-from experiments.planner import describe, plan, with_chosen_lrs
+from experiments.planner import describe, eval_steps, plan, with_chosen_lrs
 from experiments.schedules import cosine, lr_multiplier, wsd
 from experiments.spec import load_spec
 
@@ -42,6 +42,8 @@ def test_wsd_plans_one_trunk_per_size_and_a_branch_per_budget_with_paid_and_repr
             assert b.flops == pytest.approx(b.flops_per_unit * b.data_units)  # what the point represents
             assert b.flops_paid == pytest.approx(b.flops_per_unit * (b.steps - b.start_step) * 128)  # its cooldown
             assert b.eval_steps[-1] == b.steps and min(b.eval_steps) > b.start_step
+            # the budget's own log-spaced points after the branch point (here only its end)
+            assert b.eval_steps == tuple(s for s in eval_steps(b.steps, 4) if s > b.start_step)
             assert b.warmup_steps == trunk.warmup_steps == 10  # 10% of the smallest budget's 100 steps
         assert trunk.flops_paid == pytest.approx(trunk.flops_per_unit * 320 * 128)
         paid = trunk.flops_paid + sum(b.flops_paid for b in mine)
