@@ -7,7 +7,11 @@ run, and a branch takes the process a trunk (or another branch) leaves warm (``r
 instead of a second run's fresh one. A branch of a trunk that failed is still released: it fails
 at once, naming the missing checkpoint (``cluster.results.BranchCheckpoints.load``).
 
-Tune saves this searcher's state with its experiment and restores it on ``--resume``.
+Tune saves this searcher's state with its experiment and restores it on ``--resume``. It
+saves the two one after the other, so a driver killed just after a trunk ended can leave an
+experiment that knows the trunk ended beside a searcher state that does not: its branches would
+wait forever. A restored searcher therefore also counts as ended every trial the results table
+keeps as finished (``ended_on_disk``, set by ``cluster.sweep`` before it restores).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from experiments.planner import TrialConfig
 
 
 class PlannedTrials(Searcher):
+    ended_on_disk: frozenset[str] = frozenset()  # the resumed sweep's finished trials (results table)
+
     def __init__(self, trials: list[TrialConfig], config_key: str) -> None:
         super().__init__()
         self.config_key = config_key
@@ -50,3 +56,4 @@ class PlannedTrials(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.ended |= PlannedTrials.ended_on_disk

@@ -60,28 +60,18 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
               tracking: Sequence[str] = (), hooks: TestHooks = TestHooks(),
               reuse_processes: bool = True, ray_start: RayStart | None = None) -> SweepOutcome:
     """Run (or resume) the sweep; returns its tables. Uses the Ray this process is connected
-    to when there is one (and leaves it running), else starts one (and stops it).
-    ``tracking``: ``--tracking KIND[=VALUE]`` flags, on top of the spec's tracking block.
-    ``reuse_processes``: a finished trial's process runs the next trial of the same resources
-    (Tune's ``reuse_actors``), which skips process start, imports and data loading; False
-    starts each trial afresh (the tests compare the two). ``ray_start``: Ray already starting
-    on a thread (``cluster.runtime.RayStart``, for ``address``), which this run then owns."""
+    to when there is one (and leaves it running), else starts one (and stops it); or
+    ``ray_start``'s (``cluster.runtime.RayStart``, for ``address``). ``tracking``: the
+    ``--tracking`` flags. ``reuse_processes``: a finished trial's process runs the next trial
+    of the same resources (Tune's ``reuse_actors``: no process start, imports or data
+    loading); False starts each afresh (the tests compare the two)."""
     from cluster.monitor import ACTIVE, ProgressPrinter, TableRecorder
     from cluster.runtime import cluster_resources, start_ray, stop_ray
     from cluster.storage_check import check_shared
-    from cluster.tracking import targets
 
     started = time.monotonic()
-    try:
-        spec, trials, uri = prepare(spec_path, storage)
-        spec_text = Path(spec_path).read_text()
-        store = ResultsStore(uri)
-        store.check_reachable()  # an object store out of reach stops us here, before Ray is used
-        trackers_at = targets(spec.tracking, tracking, spec.name, uri)  # an unreachable tracker stops us here
-    except BaseException:
-        if ray_start:
-            ray_start.abandon()
-        raise
+    spec, trials, uri, store, trackers_at = _before_ray(spec_path, storage, tracking, ray_start)
+    spec_text = Path(spec_path).read_text()
     owns_ray = ray_start.wait() if ray_start else start_ray(address, verbose=verbose)
     resources = cluster_resources()
     try:
@@ -125,6 +115,22 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
         store.write_json(RUNS_FILE, {"runs": runs})
     return SweepOutcome(uri, store.read_table(TRIALS.file), store.read_table(EVALS.file),
                         time.monotonic() - started, trackers)
+
+
+def _before_ray(spec_path: str, storage: str | None, tracking: Sequence[str], ray_start: RayStart | None):
+    """(spec, trials, results URI, store, tracking targets): a bad spec, or a store or tracker
+    out of reach, stops the run here, before Ray is used (one starting on a thread is stopped)."""
+    from cluster.tracking import targets
+
+    try:
+        spec, trials, uri = prepare(spec_path, storage)
+        store = ResultsStore(uri)
+        store.check_reachable()
+        return spec, trials, uri, store, targets(spec.tracking, tracking, spec.name, uri)
+    except BaseException:
+        if ray_start:
+            ray_start.abandon()
+        raise
 
 
 def _open_trackers(targets, recorder, uri: str, sweep: str, spec_text: str) -> list:
@@ -259,6 +265,7 @@ def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit
     )
     tune_path = f"{uri.rstrip('/')}/{tune_dir}"
     if resume and tune.Tuner.can_restore(tune_path):
+        PlannedTrials.ended_on_disk = finished
         return tune.Tuner.restore(
             tune_path, trainable=trainable, resume_unfinished=True,
             resume_errored=retry_failed, restart_errored=False,

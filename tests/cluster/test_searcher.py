@@ -53,3 +53,17 @@ def test_a_restored_searcher_goes_on_where_the_saved_one_stopped(write_spec, tmp
     assert following[3] is None  # the other trunk has not ended
     restored.on_trial_complete("tune-1")
     assert _id(restored.suggest("tune-6")) not in started
+
+
+def test_a_restored_searcher_counts_trials_the_table_keeps_as_finished(write_spec, tmp_path, monkeypatch):
+    """Killed after a trunk ended but before Tune saved the searcher: the saved state still
+    waits for the trunk, whose row the results table already keeps as completed."""
+    trials = _ladder(write_spec)
+    searcher = PlannedTrials(trials, TRIAL_KEY)
+    trunk = _id(searcher.suggest("tune-0"))
+    searcher.save(str(tmp_path / "searcher.pkl"))  # the trunk not yet ended in the saved state
+    monkeypatch.setattr(PlannedTrials, "ended_on_disk", frozenset({trunk}))
+    restored = PlannedTrials(trials, TRIAL_KEY)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    following = [_id(restored.suggest(f"tune-{k}")) for k in range(1, 5)]
+    assert following[1:] == [t.trial_id for t in trials if t.parent == trunk]  # after the other trunk
