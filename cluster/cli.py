@@ -19,19 +19,15 @@ SWEEP_BOOTSTRAP = 200  # bootstrap resamples of the fits at the end of a sweep
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from cluster.runtime import RayStart
+    from cluster.runtime import RayStart, abandoned_on_error
 
     # Ray starts while this process imports torch and plans (a bad spec stops it again)
     ray_start = None if args.dry_run else RayStart(args.address, verbose=args.verbose)
-    try:
+    with abandoned_on_error(ray_start):
         from cluster.jobs import materialize_spec
         from cluster.sweep import prepare, run_sweep
 
         args.spec = materialize_spec(shipped_spec(args.spec))
-    except BaseException:
-        if ray_start:
-            ray_start.abandon()
-        raise
     if args.dry_run:
         from experiments.planner import describe
 

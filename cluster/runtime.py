@@ -8,6 +8,7 @@ alike, and nothing else of the machine (no results folder, no virtualenv).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -105,7 +106,7 @@ class RayStart:
     """``start_ray`` on a thread. ``ray.init`` takes ~5 s on a 2-core laptop, most of it waiting
     for Ray's own processes (GCS, raylet, API server) to come up; a command's imports and
     planning (~3 s) run meanwhile. ``wait()`` gives ``start_ray``'s answer (or raises its error);
-    a command that fails before using Ray calls ``abandon()``."""
+    a command that fails before using Ray calls ``abandon()`` (``abandoned_on_error``)."""
 
     def __init__(self, address: str | None, *, verbose: bool = False) -> None:
         _set_worker_env()  # before any import of Ray Tune on the main thread reads it
@@ -123,6 +124,17 @@ class RayStart:
             return
         if owns:
             stop_ray()
+
+
+@contextlib.contextmanager
+def abandoned_on_error(ray_start: RayStart | None):
+    """Work done while Ray starts: if it raises (a bad spec, Ctrl-C), Ray is stopped again."""
+    try:
+        yield
+    except BaseException:
+        if ray_start:
+            ray_start.abandon()
+        raise
 
 
 def cluster_resources() -> dict:

@@ -23,7 +23,7 @@ from analysis.errors import UserError
 from analysis.records import EVALS, PLAN_FILE, RUNS_FILE, TRIALS, Role, Status
 from analysis.store import ResultsStore, storage_uri
 from cluster.results import load_plan_ids, planned_row, save_plan
-from cluster.runtime import RayStart
+from cluster.runtime import RayStart, abandoned_on_error
 from cluster.trial import TRIAL_KEY, TestHooks, resources_for, run_trial
 from experiments.planner import TrialConfig, plan, with_chosen_lrs
 from experiments.spec import SweepSpec, load_spec
@@ -122,15 +122,11 @@ def _before_ray(spec_path: str, storage: str | None, tracking: Sequence[str], ra
     out of reach, stops the run here, before Ray is used (one starting on a thread is stopped)."""
     from cluster.tracking import targets
 
-    try:
+    with abandoned_on_error(ray_start):
         spec, trials, uri = prepare(spec_path, storage)
         store = ResultsStore(uri)
         store.check_reachable()
         return spec, trials, uri, store, targets(spec.tracking, tracking, spec.name, uri)
-    except BaseException:
-        if ray_start:
-            ray_start.abandon()
-        raise
 
 
 def _open_trackers(targets, recorder, uri: str, sweep: str, spec_text: str) -> list:
