@@ -196,7 +196,8 @@ def optimal_split(law: dict, flops: FlopsPerUnit, c) -> dict:
         f1, f2 = np.where(left, f_new, f2), np.where(left, f1, f_new)
     x = (lo + hi) / 2
     bad = ~np.isfinite(g)
-    n_opt = np.where(bad, np.nan, np.exp(x))
+    with np.errstate(over="ignore"):  # a degenerate draw's split: inf, said by its interval
+        n_opt = np.where(bad, np.nan, np.exp(x))
     with np.errstate(invalid="ignore"):
         return {"N": n_opt, "D": c / flops(n_opt)}
 

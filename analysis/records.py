@@ -24,6 +24,8 @@ Naming rules:
 
 from __future__ import annotations
 
+import dataclasses
+
 from enum import Enum
 from typing import TYPE_CHECKING, Iterable
 
@@ -62,12 +64,13 @@ class Status(Closed):
     DIVERGED = "diverged", "its loss went NaN or inf, or its family's health check saw training destabilise"
     COLLAPSED = "collapsed", "trained to its budget, but its family's health check flagged it (a GAN's mode collapse)"
     INTERRUPTED = "interrupted", "the sweep stopped while it ran; `--resume` continues it from its last checkpoint"
+    SKIPPED = "skipped", "a candidate of an adaptive design that it did not choose before it stopped"
 
     @property
     def finished(self) -> bool:
         """Whether the trial is over: ``--resume`` keeps its row and does not train it again
         (``failed`` ones only with ``--retry-failed``)."""
-        return self in (Status.COMPLETED, Status.FAILED, Status.DIVERGED, Status.COLLAPSED)
+        return self in (Status.COMPLETED, Status.FAILED, Status.DIVERGED, Status.COLLAPSED, Status.SKIPPED)
 
     def kept_on_resume(self, retry_failed: bool) -> bool:
         """Whether ``--resume`` keeps the trial's row as it is and does not train it again."""
@@ -76,7 +79,7 @@ class Status(Closed):
     @property
     def bad(self) -> bool:
         """A finished trial that did not complete (the sweep exits 1 and lists it)."""
-        return self.finished and self is not Status.COMPLETED
+        return self.finished and self not in (Status.COMPLETED, Status.SKIPPED)
 
 
 class Role(Closed):
@@ -138,6 +141,76 @@ class LRSource(Closed):
     FALLBACK = "search failed: middle candidate", "no candidate of the size completed: the middle one"
 
 
+class StopReason(Closed):
+    """Why an adaptive design stopped choosing runs (``analysis.design``)."""
+
+    WIDTH = "stop_width", "the target's 95% interval is as narrow as `stop_width` asks"
+    MAX_FLOPS = "max_flops", "no candidate left fits in what is left of `max_flops`"
+    MAX_TRIALS = "max_trials", "`max_trials` runs chosen"
+    NO_CANDIDATES = "no candidates", "every candidate has been chosen"
+    UNFITTABLE = "unfittable", ("the law cannot be fitted (fewer than 6 completed runs, or fewer than 3 distinct N "
+                                "or D) and no candidate is left to add (failed runs, or max_trials)")
+
+
+def _doc(default, doc: str):  # a dataclass field with its docs/spec.md text (as models.family.doc_field)
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Target:
+    """What an adaptive design narrows (``budgets.adaptive.target``): the loss at ``N`` and
+    ``D``, the loss at the compute-optimal split of ``C``, or the allocation exponent a of
+    N_opt ∝ C^a (``allocation: true``)."""
+
+    N: float | None = _doc(None, "the loss at this N (with D)")
+    D: float | None = _doc(None, "... and this D, in the family's data unit")
+    C: float | None = _doc(None, "the loss at the compute-optimal split of this many FLOPs")
+    allocation: bool = _doc(False, "true: the allocation exponent a instead of a loss")
+
+    def __post_init__(self) -> None:
+        kinds = [self.allocation, self.C is not None, self.N is not None or self.D is not None]
+        if sum(kinds) != 1 or (kinds[2] and (self.N is None or self.D is None)):
+            raise ValueError("give N and D (the loss there), C (the loss at its compute-optimal split) "
+                             "or allocation: true (the exponent a)")
+        if any(v is not None and not v > 0 for v in (self.N, self.D, self.C)):
+            raise ValueError("N, D and C must be positive")
+
+    def describe(self) -> str:
+        if self.allocation:
+            return "the allocation exponent a"
+        if self.C is not None:
+            return f"the loss at the compute-optimal split of C={self.C:.3g}"
+        return f"the loss at N={self.N:.3g}, D={self.D:.3g}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdaptiveSpec:
+    """``budgets.adaptive``: how an adaptive design chooses among the candidates (every size
+    × ``candidates`` data budgets log-spaced over the range ``budgets.tokens``/``samples``
+    gives) and when it stops (``analysis.design``, docs/adaptive.md)."""
+
+    target: Target = _doc(None, "what to narrow: {N, D}, {C} or {allocation: true}")
+    candidates: int = _doc(8, "data budgets per size, log-spaced over the budgets' [low, high]")
+    seed_points: int = _doc(6, "runs spread over the region before the first choice (at least 6: the law has 5 "
+                            "parameters)")
+    batch: int = _doc(1, "runs chosen per decision")
+    stop_width: float = _doc(0.02, "stop once the target's 95% interval is this narrow: (high - low) / |value|")
+    max_flops: float | None = _doc(None, "stop before spending more FLOPs than this (null: no limit)")
+    max_trials: int = _doc(30, "stop after this many runs (seed design included)")
+    bootstrap: int = _doc(200, "bootstrap draws of each refit")
+    seed: int = _doc(0, "seeds the refits' bootstrap")
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            raise ValueError("target is required: {N: …, D: …}, {C: …} or {allocation: true}")
+        if self.candidates < 2 or self.seed_points < 6 or self.batch < 1 or self.bootstrap < 20:
+            raise ValueError("candidates >= 2, seed_points >= 6, batch >= 1 and bootstrap >= 20")
+        if not self.stop_width > 0 or self.max_trials < self.seed_points:
+            raise ValueError("stop_width must be positive and max_trials at least seed_points")
+        if self.max_flops is not None and not self.max_flops > 0:
+            raise ValueError("max_flops must be positive (or null: no limit)")
+
+
 class NCount(Closed):
     """Which parameters N counts (``scalinglab fit --n-count``). Pearce & Song 2024 trace much
     of the gap between Kaplan's and Chinchilla's allocations to this choice at small scale."""
@@ -153,6 +226,7 @@ class NCount(Closed):
 SPEC_FILE = "spec.yaml"  # the spec as submitted
 PLAN_FILE = "plan.json"  # the planned trials, each a TrialConfig's JSON
 RUNS_FILE = "run.json"  # one entry per `sweep` run
+ADAPTIVE_FILE = "adaptive.json"  # an adaptive design's state: target, latest estimate, why it stopped
 SAMPLES_DIR = "samples"  # samples/<trial_id>/<caption>.png: a completed image trial's grids
 
 
@@ -337,6 +411,24 @@ EVALS = Table("evals.parquet", "one row per (trial, evaluation point, metric).",
     _c("value", "float64", "the metric's", "its value"),
 ])
 
+DECISIONS = Table("decisions.parquet", "one row per run an adaptive design chose after its seed design "
+                  "(`analysis.design`), written by the sweep driver.", [
+    _c("round", "int64", "", "1, 2, …: the decision that chose it (a decision chooses up to `batch` runs)"),
+    _c("chosen", "str", "", "the trial chosen (`trials.parquet`)"),
+    _c("n_params", "float64", "parameters", "its N"),
+    _c("data_units", "float64", "data units", "its D"),
+    _c("cost", "float64", "FLOPs", "what running it costs (`flops_paid`)"),
+    _c("criterion", "float64", "1/FLOPs", "its score: expected reduction of the target's variance per FLOP"),
+    _c("candidates_scored", "int64", "", "candidates that were open to the choice"),
+    _c("points", "int64", "", "completed runs the fit behind the choice used"),
+    _c("spent_flops", "float64", "FLOPs", "FLOPs of every run chosen so far, this one included"),
+    _c("value", "float64", "the target's", "the target's estimate before the choice"),
+    _c("low", "float64", "the target's", "its 95% interval before the choice: low"),
+    _c("high", "float64", "the target's", "… and high"),
+    _c("width", "float64", "", "(high − low) / |value| before the choice"),
+    _c("width_expected", "float64", "", "the width expected once the runs chosen with it have finished"),
+])
+
 # The training loop's own metrics, at every evaluation point of every family; a family's
 # held-out metrics (ModelFamily.metrics, ``loss`` first) come beside them.
 LOSS = Metric("loss", "`loss_unit`", "held-out primary metric of the family, comparable across sizes (lower is better)")
@@ -409,6 +501,7 @@ def markdown() -> str:
     return "\n\n".join([
         TRIALS.markdown(),
         EVALS.markdown(),
+        DECISIONS.markdown(),
         "Metrics of every trial (a family's own are listed in docs/families.md):\n\n"
         "| metric | unit | meaning |\n| --- | --- | --- |\n" + loop + "\n"
         f"| `{TRAIN_PREFIX}<name>` | `loss_unit` | a family's other training losses since the previous point |\n"

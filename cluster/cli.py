@@ -31,14 +31,19 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         from experiments.planner import describe
 
-        _, trials, uri = prepare(args.spec, args.storage)
+        spec, trials, uri = prepare(args.spec, args.storage)
         print(describe(trials))
+        if spec.budgets.kind == "adaptive":
+            a = spec.budgets.adaptive
+            print(f"adaptive: these are candidates; {a.seed_points} seed runs, then runs chosen {a.batch} at a time to "
+                  f"narrow {a.target.describe()}, until its 95% interval is {a.stop_width:.2%} wide, "
+                  f"{a.max_trials} runs" + (f" or {a.max_flops:.3g} FLOPs" if a.max_flops else ""))
         print(f"results would go to {uri}")
         return _dry_run_placement(trials, args.address, args.cluster_config)
     outcome = run_sweep(
         args.spec, storage=args.storage, address=args.address, resume=args.resume,
         retry_failed=args.retry_failed, verbose=args.verbose, max_concurrent=args.max_concurrent,
-        tracking=args.tracking or (), ray_start=ray_start,
+        tracking=args.tracking or (), ray_start=ray_start, designer=_designer,
     )
     print(summary_table(outcome.trials))
     if not (args.no_fit and args.no_report):
@@ -58,6 +63,13 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"{len(outcome.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"; wall time {outcome.wall_s:.0f} s; tables in {outcome.storage}")
     return 0 if outcome.ok else 1
+
+
+def _designer(candidates, settings):
+    """An adaptive sweep's design (imported only for one: it brings the fitting code)."""
+    from analysis.design import Design
+
+    return Design.for_candidates(candidates, settings)
 
 
 def _finish_trackers(outcome) -> None:
@@ -103,7 +115,11 @@ def summary_table(trials) -> str:
             lines.append(f"the same in bits per byte, comparable across tokenizers (bytes per token: "
                          f"{done[TRIALS.bytes_per_token].iloc[0]:.3g}):")
             lines.append(by_n_and_d(TRIALS.final_bpb))
-    for row in trials[trials[TRIALS.status] != Status.COMPLETED].to_dict("records"):
+    skipped = int((trials[TRIALS.status] == Status.SKIPPED).sum())
+    if skipped:
+        lines.append(f"{skipped} candidate(s) the adaptive design did not choose ({Status.SKIPPED}; "
+                     "decisions.parquet says what it chose and why)")
+    for row in trials[~trials[TRIALS.status].isin([Status.COMPLETED, Status.SKIPPED])].to_dict("records"):
         status = Status(row[TRIALS.status])
         why = row[TRIALS.error] or row[TRIALS.caveats] or (
             "continue with --resume" if not status.finished else "(no error recorded)")

@@ -15,6 +15,7 @@ from ray.tune import Callback
 from analysis.records import EVALS, TRIALS, DataUnit, Role, Status
 from analysis.store import ResultsStore
 from cluster.results import BranchCheckpoints, evals_frame, trials_frame
+from cluster.searcher import LATEST
 from cluster.trial import NO_RETRY_KEY, TRIAL_KEY
 from experiments.trial_report import TrialReport
 
@@ -200,6 +201,8 @@ class ProgressPrinter(Callback):
         shown = [s for s in Status if s != Status.COMPLETED and (counts[s] or s in (Status.RUNNING, Status.PENDING))]
         parts = [f"{counts[Status.COMPLETED]}/{len(self.rows)} done, " + ", ".join(f"{counts[s]} {s}" for s in shown),
                  f"ETA {_clock(eta) if eta is not None else '?'}"]
+        if LATEST.get("line"):  # an adaptive sweep: the target's interval; its pending rows are candidates
+            parts[1] = LATEST["line"]
         for tid in running:
             report = self.latest.get(tid)
             if report is not None and report.metrics:

@@ -10,6 +10,7 @@ This module does Ray and nothing else: fitting and the report happen at the CLI 
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis.errors import UserError
-from analysis.records import EVALS, PLAN_FILE, RUNS_FILE, TRIALS, Role, Status
+from analysis.records import ADAPTIVE_FILE, EVALS, PLAN_FILE, RUNS_FILE, TRIALS, Role, Status
 from analysis.store import ResultsStore, storage_uri
 from cluster.results import load_plan_ids, planned_row, save_plan
 from cluster.runtime import RayStart, abandoned_on_error
@@ -43,7 +44,7 @@ class SweepOutcome:
 
     @property
     def ok(self) -> bool:
-        return bool((self.trials[TRIALS.status] == Status.COMPLETED).all())
+        return bool(self.trials[TRIALS.status].isin([Status.COMPLETED, Status.SKIPPED]).all())
 
 
 def prepare(spec_path: str, storage: str | None) -> tuple[SweepSpec, list[TrialConfig], str]:
@@ -58,19 +59,22 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
               resume: bool = False, retry_failed: bool = False, verbose: bool = False,
               max_concurrent: int | None = None, progress_interval_s: float = 10.0,
               tracking: Sequence[str] = (), hooks: TestHooks = TestHooks(),
-              reuse_processes: bool = True, ray_start: RayStart | None = None) -> SweepOutcome:
+              reuse_processes: bool = True, ray_start: RayStart | None = None, designer=None) -> SweepOutcome:
     """Run (or resume) the sweep; returns its tables. Uses the Ray this process is connected
     to when there is one (and leaves it running), else starts one (and stops it); or
     ``ray_start``'s (``cluster.runtime.RayStart``, for ``address``). ``tracking``: the
     ``--tracking`` flags. ``reuse_processes``: a finished trial's process runs the next trial
     of the same resources (Tune's ``reuse_actors``: no process start, imports or data
-    loading); False starts each afresh (the tests compare the two)."""
+    loading); False starts each afresh (the tests compare the two). ``designer(candidates,
+    settings)`` builds an adaptive design (``analysis.design.Design.for_candidates``; the CLI
+    gives it): needed by a spec whose budgets are adaptive, which this layer cannot fit."""
     from cluster.monitor import ACTIVE, ProgressPrinter, TableRecorder
     from cluster.runtime import cluster_resources, start_ray, stop_ray
+    from cluster.searcher import LATEST, PlannedTrials, adaptive_searcher
     from cluster.storage_check import check_shared
 
     started = time.monotonic()
-    spec, trials, uri, store, trackers_at = _before_ray(spec_path, storage, tracking, ray_start)
+    spec, trials, uri, store, trackers_at = _before_ray(spec_path, storage, tracking, ray_start, designer)
     spec_text = Path(spec_path).read_text()
     owns_ray = ray_start.wait() if ray_start else start_ray(address, verbose=verbose)
     resources = cluster_resources()
@@ -93,17 +97,23 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     try:
         trackers = _open_trackers(trackers_at, recorder, uri, spec.name, spec_text)
         ACTIVE[:] = [recorder, printer, *trackers]
+        LATEST.clear()
         phases = sweep_phases(trials)
         for k, (tune_dir, what, phase) in enumerate(phases):
             if tune_dir != LR_TUNE_DIR and any(t.role == Role.LR_SEARCH for t in trials):
                 phase = _apply_lr_search(trials, phase, rows)
             if len(phases) > 1:
                 _say(f"phase {k + 1}/{len(phases)}: {len(phase)} {what}")
-            finished = _finished(rows, retry_failed)
-            recorder.replayed = finished
+            ended = _ended(rows, retry_failed)
+            recorder.replayed = frozenset(ended)
             limit = max_concurrent or spec.resources.max_concurrent or default_concurrency(phase, resources)
-            _tuner(phase, uri, tune_dir, resume, retry_failed, verbose, finished, limit, spec.max_failures,
-                   reuse_processes, hooks).fit()
+            adaptive = spec.budgets.adaptive if spec.budgets.kind == "adaptive" else None
+            search = (adaptive_searcher(phase, TRIAL_KEY, designer, adaptive, uri) if adaptive
+                      else PlannedTrials(phase, TRIAL_KEY))
+            _tuner(phase, uri, tune_dir, resume, retry_failed, verbose, ended, limit, spec.max_failures,
+                   reuse_processes, hooks, search).fit()
+            if adaptive:
+                _skip_unchosen(store, recorder)
     finally:
         recorder.on_experiment_end(trials=[])
         for tracker in trackers:  # before Ray stops: W&B logs from Ray actors
@@ -117,13 +127,15 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
                         time.monotonic() - started, trackers)
 
 
-def _before_ray(spec_path: str, storage: str | None, tracking: Sequence[str], ray_start: RayStart | None):
+def _before_ray(spec_path: str, storage: str | None, tracking: Sequence[str], ray_start: RayStart | None, designer):
     """(spec, trials, results URI, store, tracking targets): a bad spec, or a store or tracker
     out of reach, stops the run here, before Ray is used (one starting on a thread is stopped)."""
     from cluster.tracking import targets
 
     with abandoned_on_error(ray_start):
         spec, trials, uri = prepare(spec_path, storage)
+        if spec.budgets.kind == "adaptive" and designer is None:
+            raise TypeError("run_sweep: an adaptive spec needs designer= (analysis.design.Design.for_candidates)")
         store = ResultsStore(uri)
         store.check_reachable()
         return spec, trials, uri, store, targets(spec.tracking, tracking, spec.name, uri)
@@ -141,9 +153,22 @@ def _open_trackers(targets, recorder, uri: str, sweep: str, spec_text: str) -> l
     return trackers
 
 
-def _finished(rows: dict[str, dict], retry_failed: bool) -> frozenset[str]:
-    """Trials the table records as finished: Tune's trial for each returns at once."""
-    return frozenset(tid for tid, row in rows.items() if Status(row[TRIALS.status]).kept_on_resume(retry_failed))
+def _ended(rows: dict[str, dict], retry_failed: bool) -> dict[str, float]:
+    """Trials the table records as finished, with their final loss (NaN unless completed):
+    Tune's trial for each returns at once."""
+    return {tid: float(row[TRIALS.final_loss]) if row[TRIALS.status] == Status.COMPLETED else math.nan
+            for tid, row in rows.items() if Status(row[TRIALS.status]).kept_on_resume(retry_failed)}
+
+
+def _skip_unchosen(store: ResultsStore, recorder) -> None:
+    """Once the adaptive design has stopped, the candidates it never chose are ``skipped``
+    (a sweep interrupted before that keeps them pending, for --resume)."""
+    if not store.read_json(ADAPTIVE_FILE, {}).get("stopped"):
+        return
+    for row in recorder.rows.values():
+        if row[TRIALS.status] == Status.PENDING:
+            row[TRIALS.status] = Status.SKIPPED.value
+    recorder.flush()
 
 
 def _check_placement(trials: list[TrialConfig], embedded: bool) -> None:
@@ -248,12 +273,13 @@ def _apply_lr_search(all_trials: list[TrialConfig], phase: list[TrialConfig], ro
     return out
 
 
-def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit, max_failures, reuse, hooks):
+def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, ended, limit, max_failures, reuse, hooks, search):
     from ray import tune
 
     from cluster.monitor import Dispatch
     from cluster.searcher import PlannedTrials
 
+    finished = frozenset(ended)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, train_storage=f"{uri.rstrip('/')}/{TRAIN_DIR}", results_uri=uri,
                              verbose=verbose, finished=finished, hooks=hooks),
@@ -261,7 +287,7 @@ def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit
     )
     tune_path = f"{uri.rstrip('/')}/{tune_dir}"
     if resume and tune.Tuner.can_restore(tune_path):
-        PlannedTrials.ended_on_disk = finished
+        PlannedTrials.ended_on_disk = ended
         return tune.Tuner.restore(
             tune_path, trainable=trainable, resume_unfinished=True,
             resume_errored=retry_failed, restart_errored=False,
@@ -270,7 +296,7 @@ def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, finished, limit
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=PlannedTrials(trials, TRIAL_KEY),
+            search_alg=search,
             num_samples=len(trials),
             max_concurrent_trials=limit,
             reuse_actors=reuse,

@@ -110,7 +110,7 @@ def plan(spec: SweepSpec, located: Located) -> list[TrialConfig]:
                     for k in range(spec.training.seeds)]  # the spec of each seed's runs
     for i, (size, shape) in enumerate(zip(spec.model.sizes, shapes)):
         fpu = family.flops_per_unit(shape)
-        if spec.budgets.kind == "grid":
+        if spec.budgets.kind != "isoflop":  # a grid's budgets, or an adaptive design's candidates
             budgets = [(j, units, None) for j, units in enumerate(spec.budgets.data(family.data_unit))]
         else:
             budgets = [(j, c / fpu, c) for j, c in enumerate(spec.budgets.flops)]
@@ -199,10 +199,13 @@ def with_chosen_lrs(trials: list[TrialConfig], final_losses: dict[str, float]) -
 
 def _check_global(spec: SweepSpec, family: ModelFamily, located: Located) -> None:
     unit = family.data_unit
-    if spec.budgets.kind == "grid" and not spec.budgets.data(unit):
+    if spec.budgets.kind != "isoflop" and not spec.budgets.data(unit):
         other = next(u for u in DataUnit if u != unit)
         raise located.error(("budgets", other.value),
                             f"family {spec.family!r} counts data in {unit}: give budgets.{unit}")
+    if spec.budgets.kind == "adaptive" and (spec.training.seeds > 1 or isinstance(spec.training.lr, LRSearchSpec)):
+        raise located.error(("budgets", "kind"), "an adaptive design chooses single runs of one LR: it needs "
+                            "training.seeds 1 and one training.lr (run the LR search as its own sweep first)")
     if spec.probes.tasks and not family.supports_probes:
         raise located.error(("probes", "tasks"), f"capability probes are text tasks for language models; "
                             f"family {spec.family!r} does not score text")

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from analysis.records import Closed, DataUnit, Schedule
+import numpy as np
+
+from analysis.records import AdaptiveSpec, Closed, DataUnit, Schedule
 from experiments.yamlio import Located, build, load_yaml
 from models.family import SIZE_KEYS, ModelFamily, doc_field, family_names, get_family
 
@@ -58,26 +60,39 @@ class ModelSpec:
 class BudgetSpec:
     """``grid``: every size × every data budget, in the family's data unit (a list named after
     it: ``tokens`` or ``samples``). ``isoflop``: every size × every compute budget, with
-    D = flops / (training FLOPs per data unit of the size)."""
+    D = flops / (training FLOPs per data unit of the size). ``adaptive``: the list is a range
+    [low, high]; every size × ``adaptive.candidates`` data budgets in it are candidates, and a
+    design chooses which to run (docs/adaptive.md)."""
 
-    kind: Literal["grid", "isoflop"] = doc_field("grid", "grid: sizes x data budgets; isoflop: sizes x compute budgets")
-    tokens: tuple[float, ...] = doc_field((), "grid: D per trial, tokens (language models)")
-    samples: tuple[float, ...] = doc_field((), "grid: D per trial, images (image families)")
+    kind: Literal["grid", "isoflop", "adaptive"] = doc_field(
+        "grid", "grid: sizes x data budgets; isoflop: sizes x compute budgets; adaptive: a design chooses runs")
+    tokens: tuple[float, ...] = doc_field((), "grid: D per trial, tokens (language models); adaptive: [low, high]")
+    samples: tuple[float, ...] = doc_field((), "grid: D per trial, images (image families); adaptive: [low, high]")
     flops: tuple[float, ...] = doc_field((), "isoflop: C per trial, FLOPs; D = C / (FLOPs per data unit of the size)")
+    adaptive: AdaptiveSpec | None = doc_field(None, "adaptive: the target, candidates and stopping rules")
 
     def __post_init__(self) -> None:
         given = [k for k in (*DataUnit.values(), "flops") if getattr(self, k)]
-        wanted = DataUnit.values() if self.kind == "grid" else ["flops"]
+        wanted = ["flops"] if self.kind == "isoflop" else DataUnit.values()
         if not any(k in given for k in wanted):
             raise ValueError(f"kind {self.kind!r} needs a list of {' or '.join(wanted)}")
         if len(given) > 1:
             raise ValueError(f"give one list of budgets, not {' and '.join(given)}")
-        if any(v <= 0 for v in getattr(self, given[0])):
+        values = getattr(self, given[0])
+        if any(v <= 0 for v in values):
             raise ValueError(f"{given[0]} must all be positive")
+        if (self.kind == "adaptive") != (self.adaptive is not None):
+            raise ValueError("kind 'adaptive' needs an adaptive block (target, stopping rules), and only it takes one")
+        if self.kind == "adaptive" and (len(values) != 2 or values[0] >= values[1]):
+            raise ValueError(f"kind 'adaptive': {given[0]} is the candidates' range [low, high], low < high")
 
     def data(self, unit: DataUnit) -> tuple[float, ...]:
-        """The grid's data budgets in ``unit`` (empty when they were given in another)."""
-        return getattr(self, unit.value)
+        """The data budgets in ``unit`` (empty when they were given in another): a grid's, or the
+        adaptive candidates' (``adaptive.candidates`` log-spaced over the range)."""
+        values = getattr(self, unit.value)
+        if self.kind == "adaptive" and values:
+            return tuple(float(v) for v in np.geomspace(values[0], values[1], self.adaptive.candidates))
+        return values
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,13 +12,15 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+from analysis.records import AdaptiveSpec, Target
 from experiments.spec import (BudgetSpec, DataSpec, DeepSpeedSpec, EvalSpec, LRSearchSpec, MLflowSpec, ProbeSpec,
                               ResourceSpec, SizeSpec, SweepSpec, SyntheticSpec, TensorBoardSpec, TrackingSpec,
                               TrainingSpec, WandbSpec)
 from models.family import BUILTIN, get_family
 
 SECTIONS = [  # (YAML path, dataclass) in the order a spec is usually written
-    ("(top level)", SweepSpec), ("budgets", BudgetSpec), ("data", DataSpec), ("data.synthetic", SyntheticSpec),
+    ("(top level)", SweepSpec), ("budgets", BudgetSpec), ("budgets.adaptive", AdaptiveSpec),
+    ("budgets.adaptive.target", Target), ("data", DataSpec), ("data.synthetic", SyntheticSpec),
     ("training", TrainingSpec), ("training.lr: {search: …}", LRSearchSpec), ("deepspeed", DeepSpeedSpec),
     ("resources", ResourceSpec), ("evaluation", EvalSpec), ("probes", ProbeSpec), ("tracking", TrackingSpec),
     ("tracking.mlflow", MLflowSpec), ("tracking.tensorboard", TensorBoardSpec), ("tracking.wandb", WandbSpec),

@@ -50,6 +50,14 @@ class TrialReport:
             return None
         return cls(**{**raw, "status": Status(raw["status"])})
 
+    @classmethod
+    def completed_loss(cls, flat: dict | None) -> float:
+        """The final held-out loss in a result as Tune hands it to a searcher (flattened, keys
+        joined by '/'), when the trial completed; else NaN."""
+        flat = flat or {}
+        done = flat.get(f"{cls.KEY}/done") and flat.get(f"{cls.KEY}/status") == Status.COMPLETED.value
+        return float(flat.get(f"{cls.KEY}/metrics/{LOSS}", math.nan)) if done else math.nan
+
     @property
     def loss(self) -> float:
         return self.metrics.get(LOSS, math.nan)

@@ -10,7 +10,7 @@ from analysis.records import TRIALS, Status
 from analysis.store import ResultsStore
 from cluster.monitor import ProgressPrinter
 from cluster.results import planned_row, save_plan, trials_frame
-from cluster.sweep import _finished, _initial_tables
+from cluster.sweep import _ended, _initial_tables
 from experiments.planner import plan
 from experiments.spec import load_spec
 
@@ -48,10 +48,10 @@ def test_resume_keeps_the_row_of_every_finished_status_and_reruns_the_others(swe
         row = rows[t.trial_id]
         if status.finished:  # completed, failed, diverged, collapsed: kept as they are, not trained again
             assert row[TRIALS.status] == status and row[TRIALS.error] == f"why {status}"
-            assert t.trial_id in _finished(rows, retry_failed=False)
+            assert t.trial_id in _ended(rows, retry_failed=False)
         else:  # pending, running, interrupted: pending again, trained (from a checkpoint) this run
             assert row[TRIALS.status] == Status.PENDING and row[TRIALS.error] == ""
-            assert t.trial_id not in _finished(rows, retry_failed=False)
+            assert t.trial_id not in _ended(rows, retry_failed=False)
     collapsed = rows[by_status[Status.COLLAPSED].trial_id]
     assert collapsed[TRIALS.final_loss] == 2.5  # a collapsed trial's results stay in the table
 

@@ -62,7 +62,7 @@ def test_a_restored_searcher_counts_trials_the_table_keeps_as_finished(write_spe
     searcher = PlannedTrials(trials, TRIAL_KEY)
     trunk = _id(searcher.suggest("tune-0"))
     searcher.save(str(tmp_path / "searcher.pkl"))  # the trunk not yet ended in the saved state
-    monkeypatch.setattr(PlannedTrials, "ended_on_disk", frozenset({trunk}))
+    monkeypatch.setattr(PlannedTrials, "ended_on_disk", {trunk: 3.0})
     restored = PlannedTrials(trials, TRIAL_KEY)
     restored.restore(str(tmp_path / "searcher.pkl"))
     following = [_id(restored.suggest(f"tune-{k}")) for k in range(1, 5)]
