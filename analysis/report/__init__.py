@@ -9,7 +9,8 @@
 
 Sections appear when their data exist: the header and trial table always; training curves
 with ``evals.parquet``; the scaling plots, frontier, Chinchilla view and fit table when a
-law could be fitted; IsoFLOP profiles for isoflop sweeps; the emergence panel when the
+law could be fitted; IsoFLOP profiles for isoflop sweeps; the adaptive design's interval and
+choices when the folder has ``adaptive.json``; the emergence panel when the
 evaluation rows hold capability metrics (``TASK/NAME``); the task predictions when the
 folder has ``tasks.json`` (``scalinglab task``); sample grids when the folder has
 ``samples/``.
@@ -24,8 +25,9 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from analysis.errors import UserError
-from analysis.records import EVALS, LOSS, TRIALS
+from analysis.records import DECISIONS, EVALS, LOSS, TRIALS
 from analysis.report import html
+from analysis.report.adaptive_figures import adaptive_figure
 from analysis.report.allocation_figures import chinchilla_contours, frontier_figure, isoflop_figure, residuals_figure
 from analysis.report.data import ReportData, load_results
 from analysis.report.emergence_figures import capability_tasks, emergence_figure
@@ -67,7 +69,7 @@ def saved_fits(folder: str | Path) -> list[FitResult] | None:
 
 def report_figures(data: ReportData, fits: list[FitResult]) -> dict[str, go.Figure]:
     """Every figure the data support, keyed by section: ``curves``, ``scaling_N``/``_D``/``_C``,
-    ``isoflop``, ``frontier``, ``contours``, ``residuals``, ``emergence_<task>``, ``task_<i>``."""
+    ``isoflop``, ``frontier``, ``contours``, ``residuals``, ``adaptive``, ``emergence_<task>``, ``task_<i>``."""
     t, by_law = data.trials, {f.law: f for f in fits}
     figs: dict[str, go.Figure] = {}
     if data.evals is not None and (data.evals[EVALS.metric] == LOSS).any():
@@ -86,6 +88,9 @@ def report_figures(data: ReportData, fits: list[FitResult]) -> dict[str, go.Figu
         figs["contours"] = chinchilla_contours(t, by_law["chinchilla"])
     if any(f.law not in ("isoflop", "envelope") for f in fits):
         figs["residuals"] = residuals_figure(t, fits)
+    if data.adaptive:
+        decisions = data.decisions if data.decisions is not None else DECISIONS.frame([])
+        figs["adaptive"] = adaptive_figure(t, decisions, data.adaptive)
     for task in capability_tasks(data.evals):
         figs[f"emergence_{task}"] = emergence_figure(t, data.evals, task, flags=data.emergence)
     ladders = _ladders(data) if data.tasks else {}
@@ -111,6 +116,7 @@ SECTIONS = [  # (title, figure keys or a table builder), in page order
     ("IsoFLOP profiles and the compute-optimal frontier", ["isoflop", "frontier"]),
     ("Chinchilla law", ["contours", "residuals"]),
     ("Fits", "fit_table"),
+    ("Adaptive design", "adaptive"),
     ("Emergence", "emergence"),
     ("Task predictions", "tasks"),
     ("Samples", "samples"),
@@ -128,6 +134,9 @@ def build_report(data: ReportData, fits: list[FitResult], fit_error: str | None 
         elif what in ("emergence", "tasks"):
             prefix = "emergence_" if what == "emergence" else "task_"
             inner = "".join(html.figure_div(k, f) for k, f in figs.items() if k.startswith(prefix))
+        elif what == "adaptive":
+            inner = html.adaptive_summary(data.adaptive) + html.figure_div("adaptive", figs["adaptive"]) \
+                if "adaptive" in figs else ""
         elif what == "samples":
             inner = html.sample_grids(data) if data.samples else ""
         else:

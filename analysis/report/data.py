@@ -2,7 +2,8 @@
 
 A results folder (a local folder or a storage URI, read through ``analysis.store``) holds
 ``trials.parquet`` (required), and when present ``evals.parquet``, ``spec.yaml``, ``run.json``
-(the driver's record of each run: Ray's resources, start and wall time), ``emergence.json``
+(the driver's record of each run: Ray's resources, start and wall time), an adaptive design's
+``decisions.parquet`` and ``adaptive.json``, ``emergence.json``
 (the emergence detector's results), ``tasks.json`` (``scalinglab task``'s predictions) and
 sample images under ``samples/<trial_id>/*.png`` (written by families with artifacts: a PNG
 per grid, the file name its caption).
@@ -17,7 +18,7 @@ import pandas as pd
 
 from analysis.emergence_tables import EMERGENCE_FILE
 from analysis.errors import UserError
-from analysis.records import EVALS, RUNS_FILE, SAMPLES_DIR, SPEC_FILE, TRIALS
+from analysis.records import ADAPTIVE_FILE, DECISIONS, EVALS, RUNS_FILE, SAMPLES_DIR, SPEC_FILE, TRIALS
 from analysis.store import ResultsStore
 from analysis.task_tables import TASKS_FILE
 
@@ -31,6 +32,8 @@ class ReportData:
     runs: list[dict] = field(default_factory=list)
     emergence: list[dict] | None = None
     tasks: list[dict] | None = None
+    decisions: pd.DataFrame | None = None  # an adaptive design's (decisions.parquet)
+    adaptive: dict | None = None  # its state (adaptive.json)
     # trial_id -> [(caption, PNG bytes)]
     samples: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict, repr=False)
 
@@ -52,6 +55,8 @@ def load_results(folder: str | Path) -> ReportData:
         emergence=_json(store, EMERGENCE_FILE).get("results"),
         tasks=_json(store, TASKS_FILE).get("tasks"),
         samples=_samples(store),
+        decisions=store.read_table(DECISIONS.file) if store.exists(DECISIONS.file) else None,
+        adaptive=_json(store, ADAPTIVE_FILE) or None,
     )
 
 

@@ -252,6 +252,19 @@ def approaches_table(fits: list[FitResult]) -> str:
 
 
 
+def adaptive_summary(state: dict) -> str:
+    """The adaptive design in words: its target's interval, what it spent, why it stopped."""
+    est = state.get("estimate")
+    where = (f"{est['value']:.4g} [{est['low']:.4g}, {est['high']:.4g}] (95%), a width of {est['width']:.2%} of the "
+             f"estimate from {est['points']} runs" if est else "not fitted yet")
+    reach = f"; the target lies {state['reach']:.3g}x beyond the largest candidate" if state.get("reach") else ""
+    stopped = state.get("stopped_because") or "not stopped yet (the sweep was interrupted: --resume continues it)"
+    return (f"<p>Target: {esc(state.get('target', ''))}: {esc(where)}{esc(reach)}. {len(state.get('chosen', []))} "
+            f"runs chosen ({state.get('rounds', 0)} decisions after the seed design), "
+            f"{state.get('spent_flops', 0):.3g} FLOPs. Stopped: {esc(stopped)}. Each decision is a row of "
+            "<code>decisions.parquet</code> (docs/adaptive.md).</p>")
+
+
 def sample_grids(data: ReportData) -> str:
     t = data.trials.set_index(TRIALS.trial_id)
     order = sorted(data.samples, key=lambda tid: (float(t[TRIALS.n_params].get(tid, 0)) if TRIALS.n_params in t else 0,
