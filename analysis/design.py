@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from analysis.compute import FlopsPerUnit, fit_flops_per_unit, optimal_split
 from analysis.laws import LAWS, fit_lse_law, law_value
@@ -52,6 +53,15 @@ from analysis.points import Points
 from analysis.records import DECISIONS, AdaptiveSpec, StopReason, Target
 
 LAW = LAWS["chinchilla"]
+
+
+def widen(n: int) -> float:
+    """How much the bootstrap interval of a fit to ``n`` points is widened (around the
+    estimate): sqrt(n/(n − p)), as a bootstrap over n points underestimates the spread of a
+    p-parameter fit about as RSS/n does σ², times t(0.975, n − p)/z(0.975), as the noise is
+    estimated from n − p degrees of freedom: 4.1x at 7 points, 1.9x at 10, 1.3x at 20, 1.1x at 40."""
+    p = len(LAW.param_names)
+    return math.sqrt(n / (n - p)) * float(stats.t.ppf(0.975, n - p) / stats.norm.ppf(0.975))
 
 
 def target_values(target: Target, law: dict, flops: FlopsPerUnit, c_ref: float) -> np.ndarray:
@@ -261,10 +271,7 @@ class Design:
                                     D=self.candidates["D"].to_numpy(float)[None, :]))
         ok = np.isfinite(draws) & np.isfinite(cand).all(axis=1)
         low, high = np.percentile(draws[ok], [2.5, 97.5]) if ok.sum() > 1 else (-math.inf, math.inf)
-        # A bootstrap over n points underestimates the spread of a p-parameter fit by about
-        # sqrt((n - p)/n) (as RSS/n does σ²); the interval is widened by its inverse around the estimate.
-        widen = math.sqrt(len(frame) / (len(frame) - len(LAW.param_names)))
-        low, high = value - widen * (value - low), value + widen * (high - value)
+        low, high = value - widen(len(frame)) * (value - low), value + widen(len(frame)) * (high - value)
         nat = functools.partial(natural, self.settings.target)
         residuals = np.asarray(result.diagnostics["residuals_log"])
         sigma2 = float(residuals @ residuals / max(1, len(residuals) - len(LAW.param_names)))

@@ -2,7 +2,8 @@
 
 ``load_points`` returns a clean frame with columns ``N``, ``D``, ``C``, ``loss`` (and
 ``budget`` when the table has isoflop budgets), plus warnings that count what was dropped:
-rows with NaN, inf or non-positive values, or a status other than ``completed``.
+rows with NaN, inf or non-positive values, or a status other than ``completed`` (an adaptive
+design's ``skipped`` candidates, never run, are left out without a word).
 C is the table's FLOPs column; only a table without one gets C = 6·N·D, and ``Points.flops``
 says which (``analysis.compute``).
 """
@@ -58,6 +59,8 @@ def load_points(source: str | Path | pd.DataFrame, *, n_col: str = TRIALS.n_para
                 need: tuple[str, ...] = ("N", "D", "loss")) -> Points:
     """Clean points for fitting; ``need`` names the columns the caller's laws use."""
     table = source if isinstance(source, pd.DataFrame) else read_table(source)[0]
+    if status_col in table.columns:  # an adaptive design's candidates it never ran: not data, not dropped
+        table = table[table[status_col].astype(str) != Status.SKIPPED]
     mapping = {"N": n_col, "D": d_col, "C": c_col, "loss": loss_col}
     missing = [f"{mapping[k]!r} ({k})" for k in need if mapping[k] not in table.columns
                and not (k == "C" and {n_col, d_col} <= set(table.columns))]

@@ -15,8 +15,8 @@ keeps as finished (``ended_on_disk``, set by ``cluster.sweep`` before it restore
 
 ``AdaptiveTrials`` hands Tune the runs an adaptive design chooses (``analysis.design``, built
 by the CLI and given to ``cluster.sweep``: this layer does no statistics): the seed design
-first, then, each time a run finishes and nothing chosen is left to start, the design's next
-choice. A chosen wsd branch brings its trunk along (once). Its ``DecisionLog`` writes every
+first, then, each time Tune has a free slot and nothing chosen is left to start, the design's
+next choice (which counts the runs still going as if observed, so concurrent choices spread). A chosen wsd branch brings its trunk along (once). Its ``DecisionLog`` writes every
 decision to ``decisions.parquet`` and the design's state to ``adaptive.json`` as it goes.
 """
 
@@ -115,6 +115,10 @@ class AdaptiveTrials(PlannedTrials):
         self.waiting.append((trial.trial_id, after, trial.to_json()))
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        """Tune asks when it has a free slot: the next queued run, else the design's next
+        choice (made now, counting the runs still going as observed), else wait or finish."""
+        if not self.waiting and self.design.stopped is None:
+            self._queue(self.design.decide())
         if not self.waiting:
             return Searcher.FINISHED if self.design.stopped is not None else None
         return super().suggest(trial_id)
@@ -125,20 +129,14 @@ class AdaptiveTrials(PlannedTrials):
         if ours is None or self.trials[ours].role == Role.TRUNK:
             return
         self.design.observe(ours, math.nan if error else TrialReport.completed_loss(result))
-        self._next()
-
-    def _next(self) -> None:
-        """Once nothing chosen is left to start: the design's next choice (it may stop instead,
-        or wait for runs still going)."""
-        if not self.waiting:
-            self._queue(self.design.decide())
+        self.log.write(self.design)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         for key, loss in PlannedTrials.ended_on_disk.items():  # finished after the state was saved
             if key in self.design.chosen and key not in self.design.observed and self.trials[key].role != Role.TRUNK:
                 self.design.observe(key, loss)
-        self._next()
+        self.log.write(self.design)
 
 
 def adaptive_searcher(trials: list[TrialConfig], config_key: str, designer, settings, uri: str) -> AdaptiveTrials:

@@ -10,6 +10,7 @@ This module does Ray and nothing else: fitting and the report happen at the CLI 
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -108,8 +109,8 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
             recorder.replayed = frozenset(ended)
             limit = max_concurrent or spec.resources.max_concurrent or default_concurrency(phase, resources)
             adaptive = spec.budgets.adaptive if spec.budgets.kind == "adaptive" else None
-            search = (adaptive_searcher(phase, TRIAL_KEY, designer, adaptive, uri) if adaptive
-                      else PlannedTrials(phase, TRIAL_KEY))
+            search = (functools.partial(adaptive_searcher, phase, TRIAL_KEY, designer, adaptive, uri) if adaptive
+                      else functools.partial(PlannedTrials, phase, TRIAL_KEY))  # made for a new Tune run only
             _tuner(phase, uri, tune_dir, resume, retry_failed, verbose, ended, limit, spec.max_failures,
                    reuse_processes, hooks, search).fit()
             if adaptive:
@@ -296,7 +297,7 @@ def _tuner(trials, uri, tune_dir, resume, retry_failed, verbose, ended, limit, m
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=search,
+            search_alg=search(),
             num_samples=len(trials),
             max_concurrent_trials=limit,
             reuse_actors=reuse,
