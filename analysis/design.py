@@ -315,8 +315,13 @@ class Design:
     def progress(self) -> str:
         """The design in one line (the sweep's progress line)."""
         est = self.last
-        where = (f"{est.value:.4g} [{est.low:.4g}, {est.high:.4g}], width {est.width:.2%} "
-                 f"(stop at {self.settings.stop_width:.2%})") if est else "not fitted yet"
+        if est is None:
+            where = "not fitted yet"
+        elif not math.isfinite(est.width):
+            where = f"the fit gives no finite interval yet ({est.n_points} runs)"
+        else:
+            where = (f"{est.value:.4g} [{est.low:.4g}, {est.high:.4g}], width {est.width:.2%} "
+                     f"(stop at {self.settings.stop_width:.2%})")
         end = f"; stopped: {self.stopped.meaning}" if self.stopped is not None else ""
         return (f"adaptive: {self.settings.target.describe()}: {where}; {len(self.chosen)} runs chosen, "
                 f"{self.spent:.3g} FLOPs{end}")
