@@ -163,6 +163,7 @@ class ProgressPrinter(Callback):
 
     def __init__(self, rows: dict[str, dict], interval_s: float = 10.0, stream=None) -> None:
         self.rows, self.interval_s, self.stream = rows, interval_s, stream
+        LATEST.clear()  # an adaptive design's line is this sweep's own
         self.started = time.monotonic()
         self._last_print = 0.0
         self.latest: dict[str, TrialReport] = {}

@@ -71,8 +71,6 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     gives it): needed by a spec whose budgets are adaptive, which this layer cannot fit."""
     from cluster.monitor import ACTIVE, ProgressPrinter, TableRecorder
     from cluster.runtime import cluster_resources, start_ray, stop_ray
-    from cluster.searcher import LATEST, PlannedTrials, adaptive_searcher
-    from cluster.storage_check import check_shared
 
     started = time.monotonic()
     spec, trials, uri, store, trackers_at = _before_ray(spec_path, storage, tracking, ray_start, designer)
@@ -80,10 +78,7 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     owns_ray = ray_start.wait() if ray_start else start_ray(address, verbose=verbose)
     resources = cluster_resources()
     try:
-        check_shared(uri)  # on a multi-node cluster, refuse a path some node cannot see
-        for what, folder in trackers_at.local_folders():
-            check_shared(str(folder), what)
-        _check_placement(trials, embedded=address is None)
+        _check_on_ray(uri, trackers_at, trials, embedded=address is None)
         rows, evals = _initial_tables(store, trials, resume, spec_text, retry_failed)
     except UserError:
         if owns_ray:
@@ -93,12 +88,10 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
     _say(f"sweep {spec.name}: {len(trials)} trials on Ray ({resources.get('CPU', 0):g} CPUs, "
          f"{resources.get('GPU', 0):g} GPUs) -> {uri}")
     recorder = TableRecorder(store, rows, evals)
-    printer = ProgressPrinter(rows, interval_s=progress_interval_s)
     trackers: list = []
     try:
         trackers = _open_trackers(trackers_at, recorder, uri, spec.name, spec_text)
-        ACTIVE[:] = [recorder, printer, *trackers]
-        LATEST.clear()
+        ACTIVE[:] = [recorder, ProgressPrinter(rows, interval_s=progress_interval_s), *trackers]
         phases = sweep_phases(trials)
         for k, (tune_dir, what, phase) in enumerate(phases):
             if tune_dir != LR_TUNE_DIR and any(t.role == Role.LR_SEARCH for t in trials):
@@ -108,12 +101,9 @@ def run_sweep(spec_path: str, *, storage: str | None = None, address: str | None
             ended = _ended(rows, retry_failed)
             recorder.replayed = frozenset(ended)
             limit = max_concurrent or spec.resources.max_concurrent or default_concurrency(phase, resources)
-            adaptive = spec.budgets.adaptive if spec.budgets.kind == "adaptive" else None
-            search = (functools.partial(adaptive_searcher, phase, TRIAL_KEY, designer, adaptive, uri) if adaptive
-                      else functools.partial(PlannedTrials, phase, TRIAL_KEY))  # made for a new Tune run only
             _tuner(phase, uri, tune_dir, resume, retry_failed, verbose, ended, limit, spec.max_failures,
-                   reuse_processes, hooks, search).fit()
-            if adaptive:
+                   reuse_processes, hooks, _search(spec, phase, designer, uri)).fit()
+            if spec.budgets.kind == "adaptive":
                 _skip_unchosen(store, recorder)
     finally:
         recorder.on_experiment_end(trials=[])
@@ -140,6 +130,27 @@ def _before_ray(spec_path: str, storage: str | None, tracking: Sequence[str], ra
         store = ResultsStore(uri)
         store.check_reachable()
         return spec, trials, uri, store, targets(spec.tracking, tracking, spec.name, uri)
+
+
+def _check_on_ray(uri: str, trackers_at, trials: list[TrialConfig], embedded: bool) -> None:
+    """Checks that need Ray up: every node sees the storage and the trackers' folders (on a
+    multi-node cluster a node-local path is refused), and some node can hold each trial."""
+    from cluster.storage_check import check_shared
+
+    check_shared(uri)
+    for what, folder in trackers_at.local_folders():
+        check_shared(str(folder), what)
+    _check_placement(trials, embedded=embedded)
+
+
+def _search(spec: SweepSpec, phase: list[TrialConfig], designer, uri: str):
+    """A factory of the phase's Tune search algorithm (a new Tune run calls it; a restored one
+    brings back its own): the planned trials in order, or an adaptive design's choices."""
+    from cluster.searcher import PlannedTrials, adaptive_searcher
+
+    if spec.budgets.kind == "adaptive":
+        return functools.partial(adaptive_searcher, phase, TRIAL_KEY, designer, spec.budgets.adaptive, uri)
+    return functools.partial(PlannedTrials, phase, TRIAL_KEY)
 
 
 def _open_trackers(targets, recorder, uri: str, sweep: str, spec_text: str) -> list:
