@@ -224,7 +224,9 @@ class Design:
 
     def check(self) -> tuple[Estimate, np.ndarray, np.ndarray, float] | None:
         """Refit and apply the stopping rules: the fit (as ``fit``) when the design may choose
-        more, else None, with ``stopped`` set when a rule holds (unset: wait for results)."""
+        more, else None, with ``stopped`` set when a rule holds (unset: wait for results). The
+        width rule is applied only to a fit of every chosen run: while some still run, a
+        narrow enough interval waits for them rather than choosing more."""
         if self.stopped is not None:
             return None
         fit = self.fit()
@@ -232,12 +234,21 @@ class Design:
             return None
         self.last = fit[0]
         if fit[0].width <= self.settings.stop_width:
+            if self._pending():  # narrow enough on what is in: stop only once every chosen run is
+                return None
             self.stopped = StopReason.WIDTH
         elif len(self.chosen) >= self.settings.max_trials:
             self.stopped = StopReason.MAX_TRIALS
         elif not self.open_candidates().any():
             self.stopped = StopReason.MAX_FLOPS if self.spent > 0 else StopReason.NO_CANDIDATES
         return None if self.stopped else fit
+
+    def refresh(self) -> None:
+        """Refit with every result in, without deciding: the final estimate of a design that
+        stopped while chosen runs were still going (``stopped`` and the decisions stay)."""
+        fit = self.fit()
+        if fit is not None:
+            self.last = fit[0]
 
     def _unfitted(self) -> list[str]:
         """No fit yet: wait for the runs going; with none going (a seed run failed), one more

@@ -129,6 +129,8 @@ class AdaptiveTrials(PlannedTrials):
         if ours is None or self.trials[ours].role == Role.TRUNK:
             return
         self.design.observe(ours, math.nan if error else TrialReport.completed_loss(result))
+        if self.design.stopped is not None and set(self.design.chosen) <= set(self.design.observed):
+            self.design.refresh()  # the last runs came in after the stop: the final estimate has them
         self.log.write(self.design)
 
     def restore(self, checkpoint_path: str) -> None:

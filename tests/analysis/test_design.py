@@ -128,3 +128,16 @@ def test_a_failed_run_is_not_a_point_and_is_not_chosen_again():
     losses[seed[0]] = math.nan  # it failed
     run(design, losses)
     assert design.last.n_points == len(design.chosen) - 1 and design.chosen.count(seed[0]) == 1
+
+
+def test_the_width_rule_waits_for_the_runs_still_going():
+    frame = region()
+    losses = observe(frame, seed=5)
+    design = Design(frame, settings(stop_width=10.0))
+    seed = design.seed_design()
+    extra = design._spread(1)  # one more run chosen, not finished
+    for key in seed:
+        design.observe(key, losses[key])
+    assert design.decide() == [] and design.stopped is None  # narrow enough, but one run is out
+    design.observe(extra[0], losses[extra[0]])
+    assert design.decide() == [] and design.stopped is StopReason.WIDTH and design.last.n_points == 7
