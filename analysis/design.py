@@ -32,8 +32,9 @@ criterion). The width a decision expects after its runs (``width_expected``) fol
 same update: width × sqrt(Var after / Var before).
 
 Stopping rules, checked before every decision: the target's relative 95% interval width
-((high − low)/|value|) at most ``stop_width``, ``max_flops`` spent (runs that would exceed it
-are not candidates), or ``max_trials`` runs. ``benchmarks/adaptive_vs_grid.py`` measures the
+((high − low)/|value|) at most ``stop_width`` on a fit of every chosen run, ``max_flops``
+spent (runs that would exceed it are not candidates), or ``max_trials`` runs.
+``benchmarks/adaptive_vs_grid.py`` measures the
 design against fixed grids and random designs on a known law (docs/adaptive.md).
 """
 
