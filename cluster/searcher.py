@@ -100,6 +100,7 @@ class AdaptiveTrials(PlannedTrials):
         self.trials = {t.trial_id: t for t in trials}
         self.design, self.log = design, log
         self.queued: set[str] = set()
+        self.tried: tuple[int, int] | None = None  # (results, runs chosen) at the last decision that chose none
         self._queue(design.seed_design())
 
     def _queue(self, keys: list[str]) -> None:
@@ -117,8 +118,11 @@ class AdaptiveTrials(PlannedTrials):
     def suggest(self, trial_id: str) -> dict | str | None:
         """Tune asks when it has a free slot: the next queued run, else the design's next
         choice (made now, counting the runs still going as observed), else wait or finish."""
-        if not self.waiting and self.design.stopped is None:
-            self._queue(self.design.decide())
+        now = (len(self.design.observed), len(self.design.chosen))
+        if not self.waiting and self.design.stopped is None and now != self.tried:  # a refit takes seconds:
+            chosen = self.design.decide()  # not again until a result has come in
+            self.tried = None if chosen else now
+            self._queue(chosen)
         if not self.waiting:
             return Searcher.FINISHED if self.design.stopped is not None else None
         return super().suggest(trial_id)
