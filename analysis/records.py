@@ -77,9 +77,14 @@ class Status(Closed):
         return self.finished and not (retry_failed and self is Status.FAILED)
 
     @property
+    def ok(self) -> bool:
+        """Nothing to report: completed, or a candidate an adaptive design left out on purpose."""
+        return self in (Status.COMPLETED, Status.SKIPPED)
+
+    @property
     def bad(self) -> bool:
         """A finished trial that did not complete (the sweep exits 1 and lists it)."""
-        return self.finished and self not in (Status.COMPLETED, Status.SKIPPED)
+        return self.finished and not self.ok
 
 
 class Role(Closed):

@@ -119,7 +119,7 @@ def summary_table(trials) -> str:
     if skipped:
         lines.append(f"{skipped} candidate(s) the adaptive design did not choose ({Status.SKIPPED}; "
                      "decisions.parquet says what it chose and why)")
-    for row in trials[~trials[TRIALS.status].isin([Status.COMPLETED, Status.SKIPPED])].to_dict("records"):
+    for row in trials[~trials[TRIALS.status].map(lambda s: Status(s).ok)].to_dict("records"):
         status = Status(row[TRIALS.status])
         why = row[TRIALS.error] or row[TRIALS.caveats] or (
             "continue with --resume" if not status.finished else "(no error recorded)")

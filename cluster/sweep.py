@@ -45,7 +45,7 @@ class SweepOutcome:
 
     @property
     def ok(self) -> bool:
-        return bool(self.trials[TRIALS.status].isin([Status.COMPLETED, Status.SKIPPED]).all())
+        return bool(self.trials[TRIALS.status].map(lambda s: Status(s).ok).all())
 
 
 def prepare(spec_path: str, storage: str | None) -> tuple[SweepSpec, list[TrialConfig], str]:
