@@ -51,7 +51,8 @@ from scipy import stats
 from analysis.compute import FlopsPerUnit, fit_flops_per_unit, optimal_split
 from analysis.laws import LAWS, fit_lse_law, law_value
 from analysis.points import Points
-from analysis.records import DECISIONS, AdaptiveSpec, StopReason, Target
+from analysis.adaptive_spec import AdaptiveSpec, Target
+from analysis.records import DECISIONS, StopReason
 
 LAW = LAWS["chinchilla"]
 

@@ -51,7 +51,7 @@ from analysis.compute import FlopsPerUnit  # noqa: E402
 from analysis.design import Design, natural, target_values  # noqa: E402
 from analysis.fit import parse_target  # noqa: E402
 from analysis.laws import law_value  # noqa: E402
-from analysis.records import AdaptiveSpec, Target  # noqa: E402
+from analysis.adaptive_spec import AdaptiveSpec, Target  # noqa: E402
 
 TRUTH = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}
 SIZES = np.geomspace(1e7, 1e9, 5)

@@ -19,7 +19,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from analysis.records import AdaptiveSpec, Closed, DataUnit, Schedule
+from analysis.adaptive_spec import AdaptiveSpec
+from analysis.records import Closed, DataUnit, Schedule
 from experiments.yamlio import Located, build, load_yaml
 from models.family import SIZE_KEYS, ModelFamily, doc_field, family_names, get_family
 

@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from analysis.records import AdaptiveSpec, Target
+from analysis.adaptive_spec import AdaptiveSpec, Target
 from experiments.spec import (BudgetSpec, DataSpec, DeepSpeedSpec, EvalSpec, LRSearchSpec, MLflowSpec, ProbeSpec,
                               ResourceSpec, SizeSpec, SweepSpec, SyntheticSpec, TensorBoardSpec, TrackingSpec,
                               TrainingSpec, WandbSpec)

@@ -14,7 +14,8 @@ import pytest
 
 from analysis.design import Design, _pick
 from analysis.laws import law_value
-from analysis.records import AdaptiveSpec, StopReason, Target
+from analysis.adaptive_spec import AdaptiveSpec, Target
+from analysis.records import StopReason
 
 TRUTH = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}
 
